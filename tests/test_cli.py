@@ -1,0 +1,52 @@
+"""The ``soundwatch`` command as a user runs it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import soundwatch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert soundwatch.__version__ in result.stdout
+
+
+def test_config_check_accepts_shipped_config() -> None:
+    result = run_cli("config", "check", str(REPO / "config.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_config_check_rejects_bad_key_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: mn04\n  treads: 2\n")
+    result = run_cli("config", "check", str(bad))
+    assert result.returncode == 1
+    assert "model.treads" in result.stderr
+    assert "unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_devices_lists_or_explains() -> None:
+    result = run_cli("devices")
+    assert "Traceback" not in result.stderr
+    if result.returncode == 0:
+        assert "index" in result.stdout or "no audio input devices" in result.stdout
+    else:
+        assert "libportaudio2" in result.stderr

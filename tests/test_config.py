@@ -1,0 +1,72 @@
+"""Configuration: the shipped config.yaml is valid, and bad values fail with a message that
+names the key, the bad value and what is allowed (table-driven)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soundwatch.config import Config, apply_overrides, load_config, parse_config
+from soundwatch.errors import SoundwatchError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_matches_defaults() -> None:
+    assert load_config(REPO / "config.yaml") == Config()
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+BAD_CONFIGS = [
+    # (yaml data, substrings the one error message must contain)
+    ({"modle": {"name": "mn04"}}, ["modle", "unknown key"]),
+    ({"model": {"nmae": "mn04"}}, ["model.nmae", "unknown key"]),
+    ({"model": {"name": "mn99"}}, ["model.name", "mn99", "mn04", "dymn10"]),
+    ({"model": {"threads": 0}}, ["model.threads", "greater than or equal to 1", "0"]),
+    ({"model": {"device": "tpu"}}, ["model.device", "tpu", "cuda"]),
+    ({"windows": {"window": "long"}}, ["windows.window", "long", "number"]),
+    ({"windows": {"window": 1.0, "hop": 2.0}}, ["windows", "hop", "window"]),
+    ({"windows": {"hop": 0.0}}, ["windows.hop", "greater than or equal to 0.01"]),
+    ({"publish": {"endpoints": ["http://x"]}}, ["publish.endpoints", "http://x", "tcp://"]),
+    ({"sources": []}, ["sources", "at least 1"]),
+    ({"sources": [{"spec": "mic", "id": "a.b"}]}, ["sources[0].id", "a.b", "dots"]),
+    ({"sources": [{"id": "x"}]}, ["sources[0].spec", "required"]),
+    ({"pipeline": {"pace": "slow"}}, ["pipeline.pace", "slow", "realtime", "fast"]),
+    (["not", "a", "mapping"], ["top level must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), BAD_CONFIGS)
+def test_bad_config_names_key_value_and_allowed(data: object, expected: list[str]) -> None:
+    with pytest.raises(SoundwatchError) as caught:
+        parse_config(data, origin="test.yaml")
+    message = str(caught.value)
+    assert "test.yaml" in message
+    for part in expected:
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  name: mn04\n   threads: [1\n")
+    with pytest.raises(SoundwatchError, match=r"not valid YAML at line \d+"):
+        load_config(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SoundwatchError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_replace_and_revalidate() -> None:
+    config = apply_overrides(Config(), {"model.name": "mn10", "windows.hop": None})
+    assert config.model.name == "mn10"
+    assert config.windows.hop == Config().windows.hop
+    with pytest.raises(SoundwatchError, match=r"(?s)command-line.*windows.window"):
+        apply_overrides(Config(), {"windows.window": -1.0})
