@@ -1,0 +1,102 @@
+"""Subscribe to a running soundwatch: decoded messages with gap detection.
+
+    from soundwatch.client import Subscriber
+
+    with Subscriber("tcp://127.0.0.1:5557", topics=["tags."]) as sub:
+        for message in sub:
+            print(message.stream, message.top[:3], sub.gaps)
+
+Probabilities arrive as numpy float32 arrays. A gap in a topic's ``seq`` (messages this
+subscriber missed, for example because it read too slowly and ZeroMQ dropped them at the
+high-water mark) is counted in :attr:`Subscriber.missed` per topic.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from types import TracebackType
+
+import zmq
+
+from soundwatch.sinks.messages import Envelope, MalformedMessage, decode
+
+
+class Subscriber:
+    """A ZeroMQ SUB socket connected to one or more soundwatch endpoints."""
+
+    def __init__(
+        self,
+        endpoints: str | list[str] = "tcp://127.0.0.1:5557",
+        topics: list[str] | None = None,
+        high_water_mark: int = 1000,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+            self.socket.connect(endpoint)
+        for topic in topics or [""]:
+            self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
+        self._last_seq: dict[str, int] = {}
+        self.missed: dict[str, int] = defaultdict(int)
+        self.malformed = 0
+        self.received = 0
+
+    def receive(self, timeout: float | None = None) -> Envelope | None:
+        """The next well-formed message, or ``None`` after ``timeout`` seconds.
+
+        Malformed messages are counted in :attr:`malformed` and skipped.
+        """
+        deadline_ms = None if timeout is None else int(timeout * 1000)
+        while True:
+            if not self.socket.poll(deadline_ms):
+                return None
+            parts = self.socket.recv_multipart()
+            if len(parts) != 2:
+                self.malformed += 1
+                continue
+            try:
+                message = decode(parts[0], parts[1])
+            except MalformedMessage:
+                self.malformed += 1
+                continue
+            self._track(message)
+            return message
+
+    def _track(self, message: Envelope) -> None:
+        self.received += 1
+        last = self._last_seq.get(message.topic)
+        if last is not None and message.seq > last + 1:
+            self.missed[message.topic] += message.seq - last - 1
+        elif last is not None and message.seq <= last:
+            # The publisher restarted: its numbering starts again from 0.
+            pass
+        self._last_seq[message.topic] = message.seq
+
+    @property
+    def gaps(self) -> int:
+        """Messages missed so far, over all topics."""
+        return sum(self.missed.values())
+
+    def __iter__(self) -> Iterator[Envelope]:
+        while True:
+            message = self.receive()
+            if message is not None:
+                yield message
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

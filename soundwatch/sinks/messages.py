@@ -1,0 +1,135 @@
+"""The wire schema: small typed messages, encoded as msgpack maps (see docs/protocol.md).
+
+Every message travels as a two-part ZeroMQ message ``[topic, payload]``; the topic is
+``<kind>.<stream>`` (``tags.kitchen``, ``status.kitchen``, ``events.kitchen``) and the
+payload a msgpack map holding the common envelope (``v``, ``kind``, ``stream``, ``seq``,
+``t_start``, ``t_end``, ``t_pub``) plus the fields of its kind. ``seq`` counts from 0 and
+is contiguous per topic, so a subscriber sees exactly what it missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from soundwatch.errors import SoundwatchError
+
+SCHEMA_VERSION = 1
+KINDS = ("tags", "status", "events")
+
+
+class MalformedMessage(SoundwatchError):
+    """A received message does not follow the schema; the text says which part and why."""
+
+
+@dataclass
+class Envelope:
+    """Fields every message carries."""
+
+    kind: ClassVar[str] = ""
+    stream: str
+    t_start: float  # audio time of the first sample covered, Unix seconds (capture clock)
+    t_end: float  # audio time just after the last sample covered, Unix seconds
+    seq: int = -1  # assigned by the publisher, contiguous per topic from 0
+    t_pub: float = 0.0  # wall-clock time the message was published, Unix seconds
+
+    @property
+    def topic(self) -> str:
+        return f"{self.kind}.{self.stream}"
+
+
+@dataclass
+class Tags(Envelope):
+    """Tag probabilities of one window: ``probs`` in label order, ``top`` the best few."""
+
+    kind: ClassVar[str] = "tags"
+    probs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Status(Envelope):
+    """Health of one stream, published every few seconds."""
+
+    kind: ClassVar[str] = "status"
+    model: str = ""
+    labels: list[str] = field(default_factory=list)
+    labels_sha256: str = ""
+    window: float = 0.0
+    hop: float = 0.0
+    source: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Event(Envelope):
+    """A sound event starting (``state="start"``) or ending (``state="end"``).
+
+    ``onset``/``offset`` are Unix seconds; ``offset`` is ``None`` while the sound goes on.
+    ``t_start``/``t_end`` of the envelope equal onset and (current) offset.
+    """
+
+    kind: ClassVar[str] = "events"
+    event_id: int = 0
+    label: str = ""
+    state: str = "start"
+    onset: float = 0.0
+    offset: float | None = None
+    peak: float = 0.0
+
+
+MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Status, Event)}
+
+
+def encode(message: Envelope) -> tuple[bytes, bytes]:
+    """Return ``(topic, payload)`` bytes for a message whose ``seq`` and ``t_pub`` are set."""
+    body = asdict(message)
+    body["v"] = SCHEMA_VERSION
+    body["kind"] = message.kind
+    if isinstance(message, Tags):
+        body["probs"] = np.ascontiguousarray(message.probs, dtype="<f4").tobytes()
+        body["top"] = [[label, float(p)] for label, p in message.top]
+    return message.topic.encode(), msgpack.packb(body, use_bin_type=True)
+
+
+def decode(topic: bytes, payload: bytes) -> Envelope:
+    """Parse and check one received message; raise :class:`MalformedMessage` if it is not
+    a soundwatch message of a known kind and schema version."""
+    try:
+        body = msgpack.unpackb(payload, raw=False)
+    except Exception as error:  # msgpack raises several unrelated types
+        raise MalformedMessage(f"payload on topic {topic!r} is not msgpack: {error}") from None
+    if not isinstance(body, dict):
+        raise MalformedMessage(f"payload on topic {topic!r} is not a map")
+    version = body.pop("v", None)
+    if version != SCHEMA_VERSION:
+        raise MalformedMessage(
+            f"schema version {version!r} on topic {topic!r}; this client reads version "
+            f"{SCHEMA_VERSION}: upgrade the older side"
+        )
+    kind = body.pop("kind", None)
+    cls = MESSAGE_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise MalformedMessage(f"unknown message kind {kind!r} on topic {topic!r}")
+    names = {f.name for f in fields(cls)}
+    missing = [f.name for f in fields(cls) if f.name not in body]
+    unknown = sorted(set(body) - names)
+    if missing:
+        raise MalformedMessage(f"{kind} message on topic {topic!r} lacks fields {missing}")
+    if unknown:  # newer minor additions are tolerated, not fatal
+        body = {k: v for k, v in body.items() if k in names}
+    if kind == "tags":
+        probs = body["probs"]
+        if not isinstance(probs, bytes) or len(probs) % 4:
+            raise MalformedMessage(f"tags message on topic {topic!r}: probs is not float32 bytes")
+        body["probs"] = np.frombuffer(probs, dtype="<f4")
+        body["top"] = [(str(label), float(p)) for label, p in body["top"]]
+    message = cls(**body)
+    expected_topic = message.topic.encode()
+    if topic != expected_topic:
+        raise MalformedMessage(f"topic {topic!r} does not match its payload ({expected_topic!r})")
+    return message

@@ -1,0 +1,129 @@
+"""Publishing: number messages per topic, encode once, hand them to every output.
+
+Outputs are a ZeroMQ PUB socket (one per endpoint: tcp or ipc) and an optional JSON-lines
+writer. A PUB socket never blocks the pipeline: each subscriber has a bounded queue (the
+high-water mark) and ZeroMQ drops that subscriber's messages when it is full, which the
+subscriber sees as gaps in ``seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+import zmq
+
+from soundwatch.errors import SoundwatchError
+from soundwatch.sinks.messages import SCHEMA_VERSION, Envelope, Tags, encode
+
+
+class Output(Protocol):
+    """Somewhere published messages go."""
+
+    def send(self, message: Envelope, topic: bytes, payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ZmqOutput:
+    """A ZeroMQ PUB socket bound to one or more endpoints."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        high_water_mark: int = 1000,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        self.socket.setsockopt(zmq.LINGER, 500)  # ms to flush the last messages on close
+        self.endpoints: list[str] = []
+        for endpoint in endpoints:
+            try:
+                self.socket.bind(endpoint)
+            except zmq.ZMQError as error:
+                self.socket.close(linger=0)
+                hint = (
+                    "another process (maybe another soundwatch run) uses it; pick another "
+                    "port with --publish"
+                    if error.errno == zmq.EADDRINUSE
+                    else "check the address"
+                )
+                raise SoundwatchError(
+                    f"cannot publish on {endpoint}: {error.strerror}; {hint}"
+                ) from None
+            # tcp://*:0 binds a random port: report the real one.
+            self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def send(self, message: Envelope, topic: bytes, payload: bytes) -> None:
+        # PUB sockets drop (never block) when a subscriber's queue is full.
+        self.socket.send_multipart([topic, payload], flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class JsonLinesOutput:
+    """One JSON object per line (probabilities as a list), for consumers without ZeroMQ."""
+
+    def __init__(self, target: str) -> None:
+        self._owns = target != "-"
+        try:
+            self._file: IO[str] = (
+                open(Path(target), "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                if self._owns
+                else sys.stdout
+            )
+        except OSError as error:
+            raise SoundwatchError(
+                f"cannot open JSON-lines output {target}: {error.strerror}"
+            ) from None
+
+    def send(self, message: Envelope, topic: bytes, payload: bytes) -> None:
+        self._file.write(json.dumps(to_json(message), separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._owns:
+            self._file.close()
+
+
+def to_json(message: Envelope) -> dict:
+    """A message as a JSON-ready dict (the msgpack fields, probs as a list of floats)."""
+    body = {"v": SCHEMA_VERSION, "kind": message.kind, **message.__dict__}
+    if isinstance(message, Tags):
+        body["probs"] = [round(float(p), 6) for p in np.asarray(message.probs)]
+        body["top"] = [[label, round(float(p), 6)] for label, p in message.top]
+    return body
+
+
+class Publisher:
+    """Assigns contiguous per-topic sequence numbers and fans messages out to outputs.
+
+    Used from one thread only (ZeroMQ sockets are not thread-safe).
+    """
+
+    def __init__(self, outputs: list[Output]) -> None:
+        self.outputs = outputs
+        self._next_seq: dict[str, int] = defaultdict(int)
+        self.sent: dict[str, int] = defaultdict(int)
+
+    def publish(self, message: Envelope) -> None:
+        topic = message.topic
+        message.seq = self._next_seq[topic]
+        self._next_seq[topic] += 1
+        message.t_pub = time.time()
+        topic_bytes, payload = encode(message)
+        for output in self.outputs:
+            output.send(message, topic_bytes, payload)
+        self.sent[message.kind] += 1
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
