@@ -80,5 +80,235 @@ def devices() -> None:
         )
 
 
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="[ID=]SPEC",
+    help="mic | mic:DEVICE | file:PATH | pcm:- | synthetic (repeatable)",
+)
+@click.option("--publish", "endpoints", multiple=True, metavar="ENDPOINT", help="tcp:// or ipc://")
+@click.option("--jsonl", metavar="PATH", help="also write JSON lines ('-' for stdout)")
+@click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
+@click.option("--loop/--no-loop", default=None, help="loop file sources")
+@click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--backend", type=click.Choice(["torch", "onnx"]))
+@click.option("--threads", type=int)
+@click.option("--window", type=float, metavar="SECONDS")
+@click.option("--hop", type=float, metavar="SECONDS")
+@click.option("-v", "--verbose", is_flag=True)
+@user_errors
+def run(
+    config_path: Path | None,
+    sources: tuple[str, ...],
+    endpoints: tuple[str, ...],
+    jsonl: str | None,
+    pace: str | None,
+    loop: bool | None,
+    model_name: str | None,
+    weights: Path | None,
+    device: str | None,
+    backend: str | None,
+    threads: int | None,
+    window: float | None,
+    hop: float | None,
+    verbose: bool,
+) -> None:
+    """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
+    from soundwatch.config import apply_overrides, load_config
+    from soundwatch.runner import run_live, sources_from_args
+
+    _setup_logging(verbose)
+    config = load_config(config_path)
+    source_configs = sources_from_args(sources) if sources else None
+    if source_configs is not None and loop is not None:
+        for source in source_configs:
+            source.loop = loop
+    config = apply_overrides(
+        config,
+        {
+            "sources": [s.model_dump() for s in source_configs] if source_configs else None,
+            "publish.endpoints": list(endpoints) or None,
+            "publish.jsonl": jsonl,
+            "pipeline.pace": pace,
+            "model.name": model_name,
+            "model.weights": weights,
+            "model.device": device,
+            "model.backend": backend,
+            "model.threads": threads,
+            "windows.window": window,
+            "windows.hop": hop,
+        },
+    )
+
+    def announce(pipeline, endpoints_bound: list[str]) -> None:
+        names = ", ".join(f"{s.id} ({s.source.describe().get('kind')})" for s in pipeline.streams)
+        where = ", ".join(endpoints_bound) or "no ZeroMQ endpoint"
+        click.echo(f"soundwatch: tagging {names}; publishing on {where}", err=True)
+        if endpoints_bound:
+            click.echo(
+                f"  watch it with: soundwatch tail --endpoint {endpoints_bound[0]}", err=True
+            )
+
+    pipeline = run_live(config, on_ready=announce)
+    for state in pipeline.streams:
+        counters = vars(state.counters)
+        click.echo(f"soundwatch: stream {state.id} finished: {counters}", err=True)
+
+
+@main.command("tag")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_name", default="mn04", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--window", type=float, default=None, help="seconds (default: config.yaml's)")
+@click.option("--hop", type=float, default=None, help="seconds (default: config.yaml's)")
+@click.option("--top", "top_k", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per window")
+@click.option("--probs", is_flag=True, help="with --json: all probabilities in label order")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch")
+@click.option("--threads", type=int)
+@user_errors
+def tag(
+    paths: tuple[str, ...],
+    model_name: str,
+    weights: Path | None,
+    window: float | None,
+    hop: float | None,
+    top_k: int,
+    as_json: bool,
+    probs: bool,
+    device: str,
+    backend: str,
+    threads: int | None,
+) -> None:
+    """Tag audio files (WAV, FLAC, OGG; any rate and channels) with sliding windows."""
+    import json
+
+    import numpy as np
+
+    from soundwatch.config import Config, apply_overrides
+    from soundwatch.runner import Tagger, tag_file
+
+    config = apply_overrides(
+        Config(),
+        {
+            "model.name": model_name,
+            "model.weights": weights,
+            "model.device": device,
+            "model.backend": backend,
+            "model.threads": threads,
+            "windows.window": window,
+            "windows.hop": hop,
+        },
+    )
+    tagger = Tagger.from_config(config)
+    labels = tagger.labels
+    failed = 0
+    for path in paths:
+        try:
+            results = tag_file(path, tagger, config.windows.window, config.windows.hop)
+        except SoundwatchError as error:
+            click.echo(f"soundwatch: error: {error}", err=True)
+            failed += 1
+            continue
+        for result in results:
+            order = np.argsort(result.probs)[::-1][:top_k]
+            top = [[labels[i], round(float(result.probs[i]), 4)] for i in order]
+            t_start = round(result.offset_s, 3)
+            t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
+            if as_json:
+                record: dict = {"file": path, "t_start": t_start, "t_end": t_end, "top": top}
+                if probs:
+                    record["probs"] = [round(float(p), 6) for p in result.probs]
+                click.echo(json.dumps(record))
+            else:
+                shown = ", ".join(f"{label} {p:.2f}" for label, p in top)
+                click.echo(f"{path} {t_start:7.2f}-{t_end:7.2f}s  {shown}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("tail")
+@click.option("--endpoint", default="tcp://127.0.0.1:5557", show_default=True)
+@click.option("--topic", "topics", multiple=True, help="topic prefix, e.g. tags.mic (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print each message as JSON")
+@click.option("--top", "top_k", type=int, default=3, show_default=True)
+@click.option("--count", type=int, default=None, help="exit after this many messages")
+@click.option("--timeout", type=float, default=None, help="exit after this many quiet seconds")
+@user_errors
+def tail(
+    endpoint: str,
+    topics: tuple[str, ...],
+    as_json: bool,
+    top_k: int,
+    count: int | None,
+    timeout: float | None,
+) -> None:
+    """Show live tags, events and status from a running soundwatch."""
+    import json
+    import time
+
+    from soundwatch.client import Subscriber
+    from soundwatch.sinks.messages import Event, Status, Tags
+    from soundwatch.sinks.publisher import to_json
+
+    seen = 0
+    with Subscriber(endpoint, topics=list(topics) or None) as subscriber:
+        click.echo(f"listening on {endpoint} (Ctrl-C to stop)", err=True)
+        try:
+            while count is None or seen < count:
+                message = subscriber.receive(timeout=timeout)
+                if message is None:
+                    click.echo(f"no message for {timeout} s; is soundwatch running?", err=True)
+                    sys.exit(1)
+                seen += 1
+                if as_json:
+                    body = to_json(message)
+                    if isinstance(message, Tags):
+                        body.pop("probs")
+                    click.echo(json.dumps(body))
+                    continue
+                clock = time.strftime("%H:%M:%S", time.localtime(message.t_end))
+                if isinstance(message, Tags):
+                    shown = ", ".join(f"{label} {p:.2f}" for label, p in message.top[:top_k])
+                    click.echo(f"{clock} {message.stream:<12} {shown}")
+                elif isinstance(message, Event):
+                    arrow = "▶ start" if message.state == "start" else "■ end  "
+                    length = (
+                        f" ({message.offset - message.onset:.1f} s)"
+                        if message.offset is not None
+                        else ""
+                    )
+                    click.echo(
+                        f"{clock} {message.stream:<12} {arrow} {message.label} "
+                        f"peak {message.peak:.2f}{length}"
+                    )
+                elif isinstance(message, Status):
+                    lat = message.latency
+                    latency = f"latency p50 {lat['p50'] * 1000:.0f} ms" if lat else "no latency yet"
+                    lost = {k: v for k, v in message.counters.items() if v and k != "samples_in"}
+                    click.echo(
+                        f"{clock} {message.stream:<12} status: {message.model}, {latency}, "
+                        f"counters {lost or 'all zero'}, missed {subscriber.gaps}"
+                    )
+        except KeyboardInterrupt:
+            pass
+
+
 if __name__ == "__main__":
     main()

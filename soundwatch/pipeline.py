@@ -1,0 +1,387 @@
+"""The live pipeline: capture -> log-mel frames -> windows -> batched inference -> sinks.
+
+Threads and what they own:
+
+- one **stream thread** per source: reads audio blocks, computes each mel frame once
+  (:class:`~soundwatch.dsp.StreamingLogMel`), cuts windows (:class:`MelWindower`) and puts
+  them into the shared bounded :class:`WindowQueue`;
+- one **inference thread**: takes due windows of all streams, runs them as one batch
+  through the :class:`~soundwatch.models.InferenceWorker` and hands each
+  :class:`WindowResult` to the result handlers (publisher, event detector, collector).
+  ZeroMQ sockets are used from this thread only.
+
+Backpressure: when inference falls behind, the queue drops the oldest windows of live
+sources (counted per stream, with a rate-limited warning naming the stream); sources
+paced ``fast`` (files tagged as fast as possible) wait instead, so nothing of them is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from soundwatch.dsp import StreamingLogMel
+from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
+from soundwatch.errors import SoundwatchError
+from soundwatch.stream import AudioBlock, Source
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 32000
+RESYNC_TOLERANCE_S = 0.25  # a block this far from where the stream's clock expects it is a gap
+
+
+@dataclass
+class StreamCounters:
+    """What one stream lost or noticed, beyond its source's own counters."""
+
+    windows_tagged: int = 0
+    windows_dropped: int = 0
+    resyncs: int = 0  # the audio clock jumped (device restart, gap): windows restarted
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """The tagger's output for one window of one stream."""
+
+    stream: str
+    start_frame: int  # frames since the stream (segment) started
+    stop_frame: int
+    t_start: float  # Unix seconds, capture clock
+    t_end: float
+    offset_s: float  # seconds from the stream's first sample to t_start
+    probs: np.ndarray  # [num_classes] float32
+    embedding: np.ndarray
+    t_ingest: float  # time.monotonic() when the window's last audio entered the source
+    final: bool  # the stream (or a segment of it) ended with this window
+
+
+class ResultHandler(Protocol):
+    """Receives results on the inference thread; may publish."""
+
+    def on_result(self, result: WindowResult) -> None: ...
+
+    def on_stream_end(self, stream: str) -> None: ...
+
+    def on_tick(self) -> None: ...
+
+
+@dataclass
+class _Pending:
+    """A window waiting for inference, with what is needed to timestamp its result."""
+
+    state: StreamState
+    window: MelWindow
+    t_origin: float
+    t_ingest: float
+
+
+class WindowQueue:
+    """Bounded queue of due windows from all streams, oldest first.
+
+    ``put(block=False)`` never waits: when full it drops the oldest window (counted on its
+    stream). ``put(block=True)`` waits for room instead (for ``fast``-paced files).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: _Pending, block: bool) -> None:
+        with self._cond:
+            while block and len(self._items) >= self.capacity and not self._closed:
+                self._cond.wait(0.1)
+            if len(self._items) >= self.capacity:
+                dropped = self._items.popleft()
+                dropped.state.record_drop()
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def take(self, max_items: int, timeout: float) -> list[_Pending]:
+        """Up to ``max_items`` windows, waiting at most ``timeout`` s for the first."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
+            if batch:
+                self._cond.notify_all()
+            return batch
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class StreamState:
+    """One stream's frontend and windowing state, its clock and its counters."""
+
+    def __init__(self, source: Source, window_s: float, hop_s: float, block_when_full: bool):
+        self.source = source
+        self.id = source.id
+        self.frontend = StreamingLogMel()
+        self.windower = MelWindower(seconds_to_frames(window_s), seconds_to_frames(hop_s))
+        self.block_when_full = block_when_full
+        self.counters = StreamCounters()
+        self.first_t: float | None = None  # Unix time of the stream's very first sample
+        self.last_t_end: float | None = None
+        self._segment_origin: float | None = None  # Unix time of the current segment's frame 0
+        self._samples_in_segment = 0
+        self._drops_warned_at = 0.0
+        self._drops_since_warning = 0
+        self._lock = threading.Lock()
+
+    # --- stream thread -------------------------------------------------------------
+    def feed(self, block: AudioBlock, queue: WindowQueue) -> None:
+        """Turn one block of audio into mel frames and queue the windows it completes."""
+        if self._segment_origin is None:
+            self._start_segment(block.t_start)
+        else:
+            expected = self._segment_origin + self._samples_in_segment / SAMPLE_RATE
+            if abs(block.t_start - expected) > RESYNC_TOLERANCE_S:
+                log.warning(
+                    "stream %s: audio clock jumped by %.2f s (device restart or gap); "
+                    "restarting its windows",
+                    self.id,
+                    block.t_start - expected,
+                )
+                self.counters.resyncs += 1
+                self.end_segment(queue, block.t_ingest)
+                self._start_segment(block.t_start)
+        self._samples_in_segment += len(block.samples)
+        frames = self.frontend.push(block.samples)
+        for window in self.windower.push(frames):
+            self._enqueue(window, queue, block.t_ingest)
+
+    def end_segment(self, queue: WindowQueue, t_ingest: float) -> None:
+        """Flush the frontend and windower: the tail of the audio becomes a last window."""
+        if self._segment_origin is None:
+            return
+        frames = self.frontend.flush()
+        windows = self.windower.push(frames) + self.windower.flush()
+        for window in windows:
+            self._enqueue(window, queue, t_ingest)
+        self.frontend.reset()
+        self._segment_origin = None
+
+    def _start_segment(self, t_start: float) -> None:
+        self._segment_origin = t_start
+        self._samples_in_segment = 0
+        if self.first_t is None:
+            self.first_t = t_start
+
+    def _enqueue(self, window: MelWindow, queue: WindowQueue, t_ingest: float) -> None:
+        assert self._segment_origin is not None
+        item = _Pending(self, window, self._segment_origin, t_ingest)
+        queue.put(item, block=self.block_when_full)
+
+    def record_drop(self) -> None:
+        """Count a window dropped by backpressure; warn at most every 5 s, with the rate."""
+        with self._lock:
+            self.counters.windows_dropped += 1
+            self._drops_since_warning += 1
+            now = time.monotonic()
+            if now - self._drops_warned_at >= 5.0:
+                elapsed = now - self._drops_warned_at if self._drops_warned_at else 1.0
+                log.warning(
+                    "stream %s: inference is falling behind; dropped %d windows "
+                    "(%.1f/s, %d in total). Use a smaller model, a longer hop or fewer streams",
+                    self.id,
+                    self._drops_since_warning,
+                    self._drops_since_warning / max(elapsed, 1e-3),
+                    self.counters.windows_dropped,
+                )
+                self._drops_warned_at = now
+                self._drops_since_warning = 0
+
+
+InferFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class Pipeline:
+    """Run sources through the frontend, windows and tagger; deliver results to handlers."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        infer: InferFn,
+        handlers: Sequence[ResultHandler],
+        *,
+        window_s: float,
+        hop_s: float,
+        max_pending_windows: int = 64,
+        max_batch: int = 32,
+        fast: Callable[[Source], bool] = lambda source: False,
+    ) -> None:
+        ids = [source.id for source in sources]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise SoundwatchError(
+                f"stream ids must be unique, got {duplicates} more than once; "
+                "name them with --source ID=SPEC"
+            )
+        self.streams = [StreamState(s, window_s, hop_s, block_when_full=fast(s)) for s in sources]
+        self.infer = infer
+        self.handlers = list(handlers)
+        self.window_s = window_s
+        self.hop_s = hop_s
+        self.max_batch = max_batch
+        self.queue = WindowQueue(max_pending_windows)
+        self._stop = threading.Event()
+        self._streams_done = 0
+        self._done_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._inference_thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        for state in self.streams:
+            state.source.start()
+        for state in self.streams:
+            thread = threading.Thread(
+                target=self._run_stream, args=(state,), name=f"stream-{state.id}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._inference_thread = threading.Thread(
+            target=self._run_inference, name="inference", daemon=True
+        )
+        self._inference_thread.start()
+
+    def stop(self) -> None:
+        """Ask every thread to finish: sources stop, their last windows are still tagged."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until all streams ended and their windows were delivered (True) or timeout."""
+        assert self._inference_thread is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in [*self._threads, self._inference_thread]:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+            if thread.is_alive():
+                return False
+        return True
+
+    def run(self) -> None:
+        """Start, wait until every source ended (or :meth:`stop`), and re-raise thread errors."""
+        self.start()
+        try:
+            while not self.wait(timeout=0.2):
+                pass
+        finally:
+            self.stop()
+            self.wait(timeout=5.0)
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def finished(self) -> bool:
+        return self._inference_thread is not None and not self._inference_thread.is_alive()
+
+    # --- threads -------------------------------------------------------------------
+    def _run_stream(self, state: StreamState) -> None:
+        try:
+            while not self._stop.is_set():
+                block = state.source.read(timeout=0.05)
+                if block is not None:
+                    state.feed(block, self.queue)
+                elif state.source.ended:
+                    break
+        except BaseException as error:  # surfaced by run(); the other streams go on
+            log.error("stream %s failed: %s", state.id, error)
+            self.error = self.error or error
+        finally:
+            state.source.stop()
+            try:
+                state.end_segment(self.queue, time.monotonic())
+            finally:
+                with self._done_lock:
+                    self._streams_done += 1
+
+    def _all_streams_done(self) -> bool:
+        with self._done_lock:
+            return self._streams_done == len(self.streams)
+
+    def _run_inference(self) -> None:
+        try:
+            while True:
+                streams_done = self._all_streams_done()  # read before taking: no lost tail
+                batch = self.queue.take(self.max_batch, timeout=0.05)
+                if batch:
+                    self._process(batch)
+                elif streams_done:
+                    break
+                for handler in self.handlers:
+                    handler.on_tick()
+            for state in self.streams:
+                for handler in self.handlers:
+                    handler.on_stream_end(state.id)
+        except BaseException as error:
+            log.error("inference failed: %s", error)
+            self.error = self.error or error
+            self._stop.set()
+        finally:
+            self.queue.close()
+
+    def _process(self, batch: list[_Pending]) -> None:
+        # Windows of one length form one forward pass (only final windows are shorter).
+        by_length: dict[int, list[_Pending]] = {}
+        for item in batch:
+            by_length.setdefault(item.window.mel.shape[1], []).append(item)
+        for items in by_length.values():
+            mels = np.stack([item.window.mel for item in items])
+            probs, embeddings = self.infer(mels)
+            for item, p, e in zip(items, probs, embeddings, strict=True):
+                self._deliver(item, p, e)
+
+    def _deliver(self, item: _Pending, probs: np.ndarray, embedding: np.ndarray) -> None:
+        state, window = item.state, item.window
+        t_start = item.t_origin + window.start / FRAMES_PER_SECOND
+        t_end = item.t_origin + window.stop / FRAMES_PER_SECOND
+        first = state.first_t if state.first_t is not None else item.t_origin
+        result = WindowResult(
+            stream=state.id,
+            start_frame=window.start,
+            stop_frame=window.stop,
+            t_start=t_start,
+            t_end=t_end,
+            offset_s=t_start - first,
+            probs=probs,
+            embedding=embedding,
+            t_ingest=item.t_ingest,
+            final=window.final,
+        )
+        for handler in self.handlers:
+            handler.on_result(result)
+        state.counters.windows_tagged += 1
+        state.last_t_end = t_end
+
+
+@dataclass
+class Collector:
+    """A result handler that keeps every result in memory (offline tagging, tests)."""
+
+    results: list[WindowResult] = field(default_factory=list)
+
+    def on_result(self, result: WindowResult) -> None:
+        self.results.append(result)
+
+    def on_stream_end(self, stream: str) -> None:
+        pass
+
+    def on_tick(self) -> None:
+        pass

@@ -1,0 +1,206 @@
+"""Assemble the pipeline from a :class:`~soundwatch.config.Config` and run it.
+
+``run_live`` is what ``soundwatch run`` does; ``tag_file`` is what ``soundwatch tag`` does.
+Both go through the same :class:`~soundwatch.pipeline.Pipeline` (frontend, windower,
+batched inference), so a file tagged offline and the same file run live with
+``--pace fast`` give the same probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from soundwatch.config import Config, SourceConfig
+from soundwatch.dsp import warmup as warmup_frontend
+from soundwatch.errors import SoundwatchError
+from soundwatch.models import InferenceWorker, LoadedModel, load_model
+from soundwatch.pipeline import Collector, Pipeline, WindowResult
+from soundwatch.sinks.live import LivePublisher
+from soundwatch.sinks.publisher import JsonLinesOutput, Output, Publisher, ZmqOutput
+from soundwatch.stream import Source, list_input_devices, open_source, parse_source_arg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tagger:
+    """A loaded model and the worker that runs it: shared by every stream of a run."""
+
+    loaded: LoadedModel
+    worker: InferenceWorker
+
+    @classmethod
+    def from_config(cls, config: Config) -> Tagger:
+        loaded = load_model(config.model.name, config.model.weights)
+        worker = InferenceWorker(
+            loaded,
+            device=config.model.device,
+            threads=config.model.threads,
+            backend=config.model.backend,
+        )
+        return cls(loaded, worker)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.loaded.labels)
+
+
+def resolve_source_spec(spec: str) -> str:
+    """``auto`` means the default microphone, or the synthetic demo when there is none."""
+    if spec != "auto":
+        return spec
+    try:
+        devices = list_input_devices()
+    except SoundwatchError as error:
+        log.warning("no microphone available (%s); using the synthetic demo source", error)
+        return "synthetic"
+    if not devices:
+        log.warning("no audio input device found; using the synthetic demo source")
+        return "synthetic"
+    return "mic"
+
+
+def sources_from_args(args: tuple[str, ...]) -> list[SourceConfig]:
+    """``--source [ID=]SPEC`` values as source configs."""
+    configs = []
+    for arg in args:
+        stream_id, spec = parse_source_arg(arg)
+        configs.append(SourceConfig(id=stream_id, spec=spec))
+    return configs
+
+
+def open_sources(config: Config) -> list[Source]:
+    """Open every configured source (not started yet); close them all on any error."""
+    opened: list[Source] = []
+    try:
+        for source in config.sources:
+            spec = resolve_source_spec(source.spec)
+            stream_id, _ = parse_source_arg(spec if source.id is None else f"{source.id}={spec}")
+            opened.append(
+                open_source(
+                    stream_id,
+                    spec,
+                    pace=config.pipeline.pace,
+                    loop=source.loop,
+                    channels=source.channels,
+                    samplerate=source.samplerate,
+                    blocksize=source.blocksize,
+                )
+            )
+    except BaseException:
+        for source in opened:
+            source.stop()
+        raise
+    return opened
+
+
+def is_fast(source: Source, config: Config) -> bool:
+    """Fast-paced files wait for inference instead of dropping windows."""
+    return config.pipeline.pace == "fast" and source.describe().get("kind") == "file"
+
+
+def build_outputs(config: Config) -> list[Output]:
+    outputs: list[Output] = []
+    try:
+        if config.publish.endpoints:
+            outputs.append(ZmqOutput(config.publish.endpoints, config.publish.high_water_mark))
+        if config.publish.jsonl:
+            outputs.append(JsonLinesOutput(config.publish.jsonl))
+    except BaseException:
+        for output in outputs:
+            output.close()
+        raise
+    return outputs
+
+
+def run_live(
+    config: Config,
+    tagger: Tagger | None = None,
+    on_ready: Callable[[Pipeline, list[str]], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> Pipeline:
+    """Run the live pipeline until SIGINT/SIGTERM or until every source has ended.
+
+    Returns the finished pipeline (its streams hold the final counters).
+    """
+    tagger = tagger or Tagger.from_config(config)
+    window_frames = round(config.windows.window * 100)
+    warmup_frontend()
+    tagger.worker.warmup(window_frames)
+    outputs = build_outputs(config)
+    publisher = Publisher(outputs)
+    try:
+        sources = open_sources(config)
+        pipeline = Pipeline(
+            sources,
+            tagger.worker.infer,
+            [],
+            window_s=config.windows.window,
+            hop_s=config.windows.hop,
+            max_pending_windows=config.pipeline.max_pending_windows,
+            max_batch=config.pipeline.max_batch,
+            fast=lambda source: is_fast(source, config),
+        )
+        live = LivePublisher(
+            publisher,
+            pipeline.streams,
+            model_name=tagger.loaded.name,
+            labels=tagger.labels,
+            window_s=config.windows.window,
+            hop_s=config.windows.hop,
+            top_k=config.publish.top_k,
+            status_interval=config.publish.status_interval,
+        )
+        pipeline.handlers.append(live)
+        endpoints = [e for o in outputs if isinstance(o, ZmqOutput) for e in o.endpoints]
+        with _stop_on_signals(pipeline, install_signal_handlers):
+            if on_ready is not None:
+                on_ready(pipeline, endpoints)
+            pipeline.run()
+    finally:
+        publisher.close()
+    return pipeline
+
+
+class _stop_on_signals:
+    """Within the block, SIGINT and SIGTERM ask the pipeline to finish cleanly."""
+
+    def __init__(self, pipeline: Pipeline, enabled: bool) -> None:
+        self.pipeline = pipeline
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: publishing the last windows and stopping", signal.strsignal(signum))
+        self.pipeline.stop()
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def tag_file(path: str | Path, tagger: Tagger, window_s: float, hop_s: float) -> list[WindowResult]:
+    """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast`` does."""
+    source = open_source(Path(path).stem or "file", f"file:{path}", pace="fast")
+    collector = Collector()
+    pipeline = Pipeline(
+        [source],
+        tagger.worker.infer,
+        [collector],
+        window_s=window_s,
+        hop_s=hop_s,
+        fast=lambda _: True,
+    )
+    pipeline.run()
+    return collector.results
