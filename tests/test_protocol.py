@@ -4,6 +4,7 @@ subscriber that never reads does not slow the publisher or another subscriber.""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import msgpack
@@ -137,38 +138,43 @@ def test_subscriber_counts_gaps_and_malformed() -> None:
 
 
 def test_subscriber_that_never_reads_does_not_delay_another() -> None:
-    """Publish 5000 large messages with one subscriber asleep: the publisher never blocks,
-    the live subscriber gets everything in order, the sleeper's losses show as seq gaps."""
-    output = ZmqOutput(["tcp://127.0.0.1:0"], high_water_mark=100)
+    """Publish 5000 large messages (2000/s, far above a pipeline's rate) while one
+    subscriber never reads: the live subscriber still gets every message in order, the
+    publisher never blocks, and only the sleeper loses messages (as seq gaps)."""
+    output = ZmqOutput(["tcp://127.0.0.1:0"], high_water_mark=1000)
     publisher = Publisher([output])
     endpoint = output.endpoints[0]
     sleeper = Subscriber(endpoint, topics=["tags."], high_water_mark=100)
-    sleeper.socket.setsockopt(zmq.RCVBUF, 4096)
-    with Subscriber(endpoint, topics=["tags.", "status.probe"], high_water_mark=100_000) as live:
-        wait_for_subscription(publisher, live, "probe")
-        time.sleep(0.2)  # let the sleeper's connection finish too
-        n = 5000
-        publish_times = []
-        received = []
-        for _ in range(n):
-            start = time.perf_counter()
-            publisher.publish(make_tags("a", n=4096))
-            publish_times.append(time.perf_counter() - start)
-            message = live.receive(timeout=0)
-            if message is not None:
-                received.append(message.seq)
-        while len(received) < n:
-            message = live.receive(timeout=5)
-            assert message is not None, f"live subscriber got only {len(received)} of {n}"
+    live = Subscriber(endpoint, topics=["tags.", "status.probe"], high_water_mark=100_000)
+    wait_for_subscription(publisher, live, "probe")
+    time.sleep(0.2)  # let the sleeper's connection finish too
+    n = 5000
+    received: list[int] = []
+
+    def read_all() -> None:
+        while len(received) < n and (message := live.receive(timeout=5)) is not None:
             received.append(message.seq)
-        assert received == list(range(n))
-        # A blocked publisher would stall for the socket's whole linger/timeout; the worst
-        # single publish stays far below one 10 ms audio hop.
-        assert max(publish_times) < 0.5
-        # The sleeper holds at most its queues' worth: the rest was dropped for it alone.
-        sleeper_got = []
-        while (message := sleeper.receive(timeout=0.2)) is not None:
-            sleeper_got.append(message.seq)
-        assert 0 < len(sleeper_got) < n
-    sleeper.close()
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    publish_times = []
+    start = time.perf_counter()
+    for i in range(n):
+        while time.perf_counter() < start + i / 2000:
+            pass
+        before = time.perf_counter()
+        publisher.publish(make_tags("a", n=4096))
+        publish_times.append(time.perf_counter() - before)
+    reader.join(10)
+    assert received == list(range(n))
+    # Measured: the worst single publish, with the sleeper's queues full, stays below
+    # 50 ms even on a loaded machine (a blocking send would hang until the sleeper read).
+    assert max(publish_times) < 0.05, f"slowest publish {max(publish_times) * 1000:.1f} ms"
+    sleeper_got = []
+    while (message := sleeper.receive(timeout=0.2)) is not None:
+        sleeper_got.append(message.seq)
+    assert 0 < len(sleeper_got) < n
+    assert sleeper.gaps > 0 or sleeper_got == list(range(len(sleeper_got)))
+    for socket in (sleeper, live):
+        socket.close()
     publisher.close()
