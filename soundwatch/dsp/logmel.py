@@ -1,0 +1,82 @@
+"""Offline log-mel of a whole waveform, and the explicit numba warm-up.
+
+``logmel`` is the EfficientAT frontend (recipe in ``../shared/models/README.md``): float32
+pre-emphasis ``x[n] - 0.97 x[n-1]`` (one sample shorter), STFT with n_fft 1024, a centred
+symmetric 800-sample Hann window, hop 320 and ``center=True`` reflect padding, power
+spectrum, Kaldi mel filterbank (128 bins, 0-15 kHz), ``(log(mel + 1e-5) + 4.5) / 5``.
+It runs the same kernel as ``StreamingLogMel``, so both give identical numbers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from soundwatch.dsp.inputs import as_float32_samples
+from soundwatch.dsp.kernels import (
+    C_NONFINITE,
+    N_COUNTERS,
+    WORK_SIZE,
+    flush_frames,
+    push_samples,
+)
+from soundwatch.dsp.streaming import StreamingLogMel, StreamingLogMelBatch
+from soundwatch.dsp.tables import HOP, N_MELS, RING_SIZE, frames_for_samples
+from soundwatch.errors import SoundwatchError
+
+
+def logmel(wave: np.ndarray) -> np.ndarray:
+    """Normalised log-mel of a mono 32 kHz waveform: float32 ``[128, 1 + (n - 1) // 320]``.
+
+    Frame ``i`` is centred at sample ``i * 320``. Matches the EfficientAT reference within
+    1e-4 wherever the reference is defined (``n >= 514``). Shorter inputs (``2 <= n < 514``),
+    where the reference's reflect padding fails, are padded by repeating the reflection, as
+    ``numpy.pad(mode="reflect")`` does; ``n < 2`` raises ``SoundwatchError`` (pre-emphasis
+    leaves nothing to transform).
+
+    ``wave`` must be a 1-D float numpy array (float16/float64 are converted to float32,
+    non-contiguous arrays copied); anything else raises ``SoundwatchError``, as do NaN/Inf
+    samples (clean them, e.g. ``np.nan_to_num(wave)``, or use ``StreamingLogMel``, which
+    zeroes and counts them).
+    """
+    samples = as_float32_samples(wave, what="wave", ndim=1)
+    n = samples.shape[0]
+    if n < 2:
+        raise SoundwatchError(
+            f"wave has {n} sample(s); the log-mel needs at least 2 (a frame is 320 samples "
+            "at 32 kHz, so pass at least 10 ms of audio)"
+        )
+    ring = np.zeros(RING_SIZE, dtype=np.float64)
+    counters = np.zeros(N_COUNTERS, dtype=np.int64)
+    last = np.zeros(1, dtype=np.float64)
+    work = np.zeros(WORK_SIZE, dtype=np.float64)
+    out = np.empty((N_MELS, frames_for_samples(n)), dtype=np.float32)
+    written = push_samples(samples, ring, counters, last, work, out, 0)
+    written += flush_frames(ring, counters, work, out, written)
+    if written != out.shape[1]:  # an internal invariant, not user input
+        raise AssertionError(f"log-mel wrote {written} of {out.shape[1]} frames")
+    bad = int(counters[C_NONFINITE])
+    if bad:
+        raise SoundwatchError(
+            f"wave has {bad} non-finite (NaN/Inf) sample(s); clean it first, e.g. "
+            "np.nan_to_num(wave, nan=0.0, posinf=0.0, neginf=0.0)"
+        )
+    return out
+
+
+def warmup() -> float:
+    """Compile (or load from numba's on-disk cache) every frontend kernel; returns seconds.
+
+    Call once at start-up, before audio arrives, so no push pays the JIT compile.
+    """
+    start = time.perf_counter()
+    wave = np.zeros(RING_SIZE + 4 * HOP, dtype=np.float32)  # start, middle and end frames
+    logmel(wave)
+    stream = StreamingLogMel()
+    stream.push(wave)
+    stream.flush()
+    batch = StreamingLogMelBatch(2)
+    batch.push(np.zeros((2, wave.shape[0]), dtype=np.float32))
+    batch.flush()
+    return time.perf_counter() - start

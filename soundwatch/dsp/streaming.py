@@ -1,0 +1,199 @@
+"""Streaming log-mel: frames come out as soon as the samples under their window arrived.
+
+Each frame is computed exactly once, from a bounded ring of the last ``RING_SIZE``
+pre-emphasised samples, so the cost of a push grows with the frames it completes, never
+with the stream's history. Concatenating everything ``push`` and ``flush`` return gives
+exactly ``logmel`` of the whole input (same kernel, same arithmetic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from soundwatch.dsp.inputs import as_float32_samples
+from soundwatch.dsp.kernels import (
+    C_FRAMES,
+    C_NONFINITE,
+    C_SAMPLES,
+    N_COUNTERS,
+    READY_LAG,
+    WORK_SIZE,
+    flush_frames,
+    flush_frames_batch,
+    frames_ready,
+    push_samples,
+    push_samples_batch,
+)
+from soundwatch.dsp.tables import N_MELS, RING_SIZE, frames_for_samples
+from soundwatch.errors import SoundwatchError
+
+LOOKAHEAD_SAMPLES = READY_LAG + 1
+"""Frame ``i`` (centred at input sample ``i * HOP``) is returned by the push that delivers
+input sample ``i * HOP + LOOKAHEAD_SAMPLES - 1`` (one past the last sample under its window,
+which frame 0's start reflection needs; applied to all frames alike): 12.5 ms at 32 kHz."""
+
+
+def _ended_error() -> SoundwatchError:
+    return SoundwatchError(
+        "this stream was ended by flush(); call reset() to start a new stream before push()"
+    )
+
+
+class StreamingLogMel:
+    """Log-mel frames of one 32 kHz mono stream, pushed in chunks of any size.
+
+    ``push(chunk)`` returns float32 ``[128, k]``: the ``k >= 0`` frames this chunk completes.
+    ``flush()`` returns the remaining frames (those whose window reaches past the end and
+    need the end reflection) and ends the stream; ``reset()`` starts a new one (and zeroes
+    all counters). Frame ``i`` of a stream is centred at input sample ``i * HOP``; the frames
+    a call returns are ``frames_emitted - k .. frames_emitted - 1``.
+
+    Input: any float numpy array, 1-D (float16/float64 converted to float32,
+    non-contiguous copied); other dtypes or shapes raise ``SoundwatchError``. NaN/Inf
+    samples are replaced by 0 and counted in ``nonfinite_samples`` (check it: a non-zero
+    count means the device or decoder produced garbage). Call ``soundwatch.dsp.warmup()``
+    once before real audio arrives so the first push does not pay the numba compile.
+
+    State is a few preallocated arrays (about 13 kB); nothing grows with the stream.
+    """
+
+    def __init__(self) -> None:
+        self._ring = np.zeros(RING_SIZE, dtype=np.float64)
+        self._counters = np.zeros(N_COUNTERS, dtype=np.int64)
+        self._last = np.zeros(1, dtype=np.float64)
+        self._work = np.zeros(WORK_SIZE, dtype=np.float64)
+        self._ended = False
+
+    def reset(self) -> None:
+        """Forget the current stream (its counters too) and start a new one."""
+        self._ring.fill(0.0)
+        self._counters.fill(0)
+        self._last.fill(0.0)
+        self._ended = False
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """Add samples; return the frames they complete, float32 ``[128, k]`` (``k`` may be 0)."""
+        if self._ended:
+            raise _ended_error()
+        samples = as_float32_samples(chunk, what="chunk", ndim=1)
+        n_after = int(self._counters[C_SAMPLES]) + samples.shape[0]
+        k = frames_ready(n_after) - int(self._counters[C_FRAMES])
+        out = np.empty((N_MELS, k), dtype=np.float32)
+        push_samples(samples, self._ring, self._counters, self._last, self._work, out, 0)
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End the stream; return its last frames, float32 ``[128, k]``.
+
+        A stream of fewer than 2 samples has no pre-emphasised sample and flushes to
+        ``[128, 0]`` (``logmel`` raises for such input instead). Further pushes raise
+        ``SoundwatchError`` until ``reset()``.
+        """
+        if self._ended:
+            raise SoundwatchError("flush() was already called; call reset() to start again")
+        n = int(self._counters[C_SAMPLES])
+        self._ended = True
+        if n < 2:
+            return np.empty((N_MELS, 0), dtype=np.float32)
+        k = frames_for_samples(n) - int(self._counters[C_FRAMES])
+        out = np.empty((N_MELS, k), dtype=np.float32)
+        flush_frames(self._ring, self._counters, self._work, out, 0)
+        return out
+
+    @property
+    def frames_emitted(self) -> int:
+        """Frames returned so far in this stream (the next frame's index)."""
+        return int(self._counters[C_FRAMES])
+
+    @property
+    def samples_pushed(self) -> int:
+        """Input samples received so far in this stream (non-finite ones included)."""
+        return int(self._counters[C_SAMPLES])
+
+    @property
+    def nonfinite_samples(self) -> int:
+        """NaN/Inf samples received in this stream, each replaced by 0 before processing."""
+        return int(self._counters[C_NONFINITE])
+
+    @property
+    def ended(self) -> bool:
+        """True after ``flush()`` until ``reset()``."""
+        return self._ended
+
+
+class StreamingLogMelBatch:
+    """``StreamingLogMel`` for ``n_streams`` aligned streams advanced by one numba call.
+
+    ``push(chunks)`` takes float ``[n_streams, samples]`` (same length for every stream, e.g.
+    the channels of one capture device, or many sources polled in lockstep) and returns
+    float32 ``[n_streams, 128, k]``; ``flush()`` likewise. Each row is exactly what a
+    separate ``StreamingLogMel`` would return. It saves the per-call Python overhead of
+    ``n_streams`` separate pushes (see ``docs/performance.md``).
+    """
+
+    def __init__(self, n_streams: int) -> None:
+        if n_streams < 1:
+            raise SoundwatchError(f"n_streams must be at least 1, got {n_streams}")
+        self.n_streams = n_streams
+        self._rings = np.zeros((n_streams, RING_SIZE), dtype=np.float64)
+        self._counters = np.zeros((n_streams, N_COUNTERS), dtype=np.int64)
+        self._lasts = np.zeros((n_streams, 1), dtype=np.float64)
+        self._works = np.zeros((n_streams, WORK_SIZE), dtype=np.float64)
+        self._ended = False
+
+    def reset(self) -> None:
+        """Forget every stream (counters too) and start new ones."""
+        self._rings.fill(0.0)
+        self._counters.fill(0)
+        self._lasts.fill(0.0)
+        self._ended = False
+
+    def push(self, chunks: np.ndarray) -> np.ndarray:
+        """Add ``[n_streams, samples]``; return the completed frames ``[n_streams, 128, k]``."""
+        if self._ended:
+            raise _ended_error()
+        samples = as_float32_samples(chunks, what="chunks", ndim=2)
+        if samples.shape[0] != self.n_streams:
+            raise SoundwatchError(
+                f"chunks has {samples.shape[0]} rows but this batch has {self.n_streams} "
+                "streams; pass one row per stream"
+            )
+        n_after = int(self._counters[0, C_SAMPLES]) + samples.shape[1]
+        k = frames_ready(n_after) - int(self._counters[0, C_FRAMES])
+        out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
+        push_samples_batch(samples, self._rings, self._counters, self._lasts, self._works, out)
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End every stream; return their last frames ``[n_streams, 128, k]`` (as
+        ``StreamingLogMel.flush``)."""
+        if self._ended:
+            raise SoundwatchError("flush() was already called; call reset() to start again")
+        n = int(self._counters[0, C_SAMPLES])
+        self._ended = True
+        if n < 2:
+            return np.empty((self.n_streams, N_MELS, 0), dtype=np.float32)
+        k = frames_for_samples(n) - int(self._counters[0, C_FRAMES])
+        out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
+        flush_frames_batch(self._rings, self._counters, self._works, out)
+        return out
+
+    @property
+    def frames_emitted(self) -> int:
+        """Frames returned so far per stream (the same for all streams)."""
+        return int(self._counters[0, C_FRAMES])
+
+    @property
+    def samples_pushed(self) -> int:
+        """Input samples received so far per stream."""
+        return int(self._counters[0, C_SAMPLES])
+
+    @property
+    def nonfinite_samples(self) -> np.ndarray:
+        """NaN/Inf samples replaced by 0, per stream (int64 ``[n_streams]``, a copy)."""
+        return self._counters[:, C_NONFINITE].copy()
+
+    @property
+    def ended(self) -> bool:
+        """True after ``flush()`` until ``reset()``."""
+        return self._ended
