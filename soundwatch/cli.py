@@ -101,6 +101,13 @@ def _setup_logging(verbose: bool) -> None:
 )
 @click.option("--publish", "endpoints", multiple=True, metavar="ENDPOINT", help="tcp:// or ipc://")
 @click.option("--jsonl", metavar="PATH", help="also write JSON lines ('-' for stdout)")
+@click.option(
+    "--wait-for-subscribers",
+    "wait_for",
+    type=int,
+    metavar="N",
+    help="wait for N subscriptions before tagging",
+)
 @click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
 @click.option("--loop/--no-loop", default=None, help="loop file sources")
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
@@ -117,6 +124,7 @@ def run(
     sources: tuple[str, ...],
     endpoints: tuple[str, ...],
     jsonl: str | None,
+    wait_for: int | None,
     pace: str | None,
     loop: bool | None,
     model_name: str | None,
@@ -144,6 +152,7 @@ def run(
             "sources": [s.model_dump() for s in source_configs] if source_configs else None,
             "publish.endpoints": list(endpoints) or None,
             "publish.jsonl": jsonl,
+            "publish.wait_for_subscribers": wait_for,
             "pipeline.pace": pace,
             "model.name": model_name,
             "model.weights": weights,

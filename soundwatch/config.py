@@ -89,6 +89,8 @@ class PublishConfig(_Strict):
     jsonl: str | None = Field(default=None, description="'-' for stdout or a file path")
     top_k: int = Field(default=5, ge=1, le=527)
     status_interval: float = Field(default=5.0, ge=0.1, le=3600.0)
+    wait_for_subscribers: int = Field(default=0, ge=0, le=10_000)
+    wait_timeout: float = Field(default=10.0, ge=0.0, le=3600.0)
 
     @field_validator("endpoints")
     @classmethod

@@ -47,6 +47,15 @@ class StreamCounters:
     resyncs: int = 0  # the audio clock jumped (device restart, gap): windows restarted
 
 
+@dataclass
+class BatchCounters:
+    """How inference batched the windows: several streams share one forward pass."""
+
+    forward_passes: int = 0
+    windows: int = 0
+    multi_stream_passes: int = 0  # passes holding windows of more than one stream
+
+
 @dataclass(frozen=True)
 class WindowResult:
     """The tagger's output for one window of one stream."""
@@ -239,6 +248,7 @@ class Pipeline:
         self.hop_s = hop_s
         self.max_batch = max_batch
         self.queue = WindowQueue(max_pending_windows)
+        self.batches = BatchCounters()
         self._stop = threading.Event()
         self._streams_done = 0
         self._done_lock = threading.Lock()
@@ -345,6 +355,9 @@ class Pipeline:
         for items in by_length.values():
             mels = np.stack([item.window.mel for item in items])
             probs, embeddings = self.infer(mels)
+            self.batches.forward_passes += 1
+            self.batches.windows += len(items)
+            self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
             for item, p, e in zip(items, probs, embeddings, strict=True):
                 self._deliver(item, p, e)
 

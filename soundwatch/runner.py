@@ -158,14 +158,30 @@ def run_live(
             status_interval=config.publish.status_interval,
         )
         pipeline.handlers.append(live)
-        endpoints = [e for o in outputs if isinstance(o, ZmqOutput) for e in o.endpoints]
+        zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
+        endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):
             if on_ready is not None:
                 on_ready(pipeline, endpoints)
+            _wait_for_subscribers(zmq_outputs, config)
             pipeline.run()
     finally:
         publisher.close()
     return pipeline
+
+
+def _wait_for_subscribers(outputs: list[ZmqOutput], config: Config) -> None:
+    wanted = config.publish.wait_for_subscribers
+    if not wanted or not outputs:
+        return
+    log.info("waiting up to %.0f s for %d subscription(s)", config.publish.wait_timeout, wanted)
+    if not outputs[0].wait_for_subscribers(wanted, config.publish.wait_timeout):
+        log.warning(
+            "only %d of %d subscription(s) after %.0f s; starting anyway",
+            outputs[0].subscriptions,
+            wanted,
+            config.publish.wait_timeout,
+        )
 
 
 class _stop_on_signals:

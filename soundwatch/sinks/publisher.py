@@ -31,7 +31,12 @@ class Output(Protocol):
 
 
 class ZmqOutput:
-    """A ZeroMQ PUB socket bound to one or more endpoints."""
+    """A ZeroMQ publisher socket bound to one or more endpoints.
+
+    It is an XPUB socket: it behaves as PUB for subscribers and also tells us when they
+    subscribe, so a run can wait for its consumers before the first message
+    (:meth:`wait_for_subscribers`) instead of publishing into the void.
+    """
 
     def __init__(
         self,
@@ -40,8 +45,10 @@ class ZmqOutput:
         context: zmq.Context | None = None,
     ) -> None:
         self._context = context or zmq.Context.instance()
-        self.socket = self._context.socket(zmq.PUB)
+        self.socket = self._context.socket(zmq.XPUB)
+        self.subscriptions = 0
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not new topics
         self.socket.setsockopt(zmq.LINGER, 500)  # ms to flush the last messages on close
         self.endpoints: list[str] = []
         for endpoint in endpoints:
@@ -61,9 +68,32 @@ class ZmqOutput:
             # tcp://*:0 binds a random port: report the real one.
             self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
+    def wait_for_subscribers(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` subscriptions (one per topic prefix a subscriber asks for)
+        arrived (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while self.subscriptions < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(int(remaining * 1000), zmq.POLLIN):
+                return False
+            self._read_subscriptions()
+        return True
+
+    def _read_subscriptions(self) -> None:
+        while True:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self.subscriptions += 1
+            elif frame[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
+
     def send(self, message: Envelope, topic: bytes, payload: bytes) -> None:
-        # PUB sockets drop (never block) when a subscriber's queue is full.
+        # Publisher sockets drop (never block) when a subscriber's queue is full.
         self.socket.send_multipart([topic, payload], flags=zmq.NOBLOCK)
+        self._read_subscriptions()  # keep the subscription queue drained
 
     def close(self) -> None:
         self.socket.close()
