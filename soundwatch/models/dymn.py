@@ -104,14 +104,17 @@ class DynamicConv(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         b, _, f, t = x.shape
-        mixed = self.attention(context) @ self.weight[0, 0]  # [B, out * in/groups * kh * kw]
+        attention = self.attention(context)
         if self.kernel == 1 and self.groups == 1:
-            # per-example 1x1 conv == batched matrix product
-            w = mixed.view(b, self.out_channels, self.in_channels)
+            # per-example 1x1 conv == batched matrix product with the mixed kernel
+            w = (attention @ self.weight[0, 0]).view(b, self.out_channels, self.in_channels)
             return torch.bmm(w, x.reshape(b, self.in_channels, f * t)).view(
                 b, self.out_channels, f, t
             )
+        if torch.compiler.is_exporting():
+            return self._mix_outputs(x, attention)
         # per-example kernels: fold the batch into the channels and use a grouped conv
+        mixed = attention @ self.weight[0, 0]  # [B, out * in/groups * kh * kw]
         w = mixed.view(b * self.out_channels, self.in_channels // self.groups, *(self.kernel,) * 2)
         out = F.conv2d(
             x.reshape(1, b * self.in_channels, f, t),
@@ -121,6 +124,23 @@ class DynamicConv(nn.Module):
             groups=self.groups * b,
         )
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def _mix_outputs(self, x: Tensor, attention: Tensor) -> Tensor:
+        """Same result for depthwise convs, as a mix of the ``k`` kernels' outputs.
+
+        Convolution is linear in the kernel, so conv(x, sum_j a_j W_j) = sum_j a_j conv(x, W_j).
+        Used for ONNX export: the grouped-conv form needs ``groups = batch * channels``,
+        which ONNX cannot express for a dynamic batch size. Costs k times the depthwise
+        multiply-adds.
+        """
+        if self.groups != self.in_channels or self.in_channels != self.out_channels:
+            raise NotImplementedError("kernel mixing is implemented for depthwise convs only")
+        c, k = self.out_channels, self.k
+        kernels = self.weight[0, 0].view(k, c, 1, self.kernel, self.kernel)
+        kernels = kernels.transpose(0, 1).reshape(c * k, 1, self.kernel, self.kernel)
+        out = F.conv2d(x, kernels, stride=self.stride, padding=self.padding, groups=c)
+        out = out.view(x.shape[0], c, k, out.shape[-2], out.shape[-1])
+        return (out * attention[:, None, :, None, None]).sum(dim=2)
 
 
 class DynamicReLU(nn.Module):

@@ -1,0 +1,138 @@
+"""ONNX Runtime backend for CPU inference (optional extra: ``pip install soundwatch[onnx]``).
+
+The model is exported once (dynamic batch and time axes, sigmoid included) with the
+``torch.onnx`` dynamo exporter to the cache directory, keyed by the checkpoint's sha256,
+and run with an onnxruntime CPU session. DyMN exports too: its depthwise dynamic convs
+switch to an export-friendly formulation while exporting (see ``DynamicConv``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from soundwatch.errors import SoundwatchError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "mel"
+OUTPUT_NAMES = ("probabilities", "embedding")
+EXPORT_FORMAT = 1
+"""Bump when the exported graph changes, so stale cached exports are not reused."""
+_MIN_FRAMES = 33
+_MAX_FRAMES = 1 << 20
+
+
+def require_onnxruntime() -> ModuleType:
+    """Import onnxruntime, or explain how to install the optional extra."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SoundwatchError(
+            "backend 'onnx' needs onnxruntime and onnx, which are not installed: "
+            "pip install soundwatch[onnx] (or use backend 'torch')"
+        ) from None
+    return onnxruntime
+
+
+class _ProbabilityModel(nn.Module):
+    """The exported graph: mel ``[B, 1, 128, T]`` -> (sigmoid probabilities, embedding)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        logits, embedding = self.model(mel)
+        return torch.sigmoid(logits), embedding
+
+
+def onnx_cache_path(cache_dir: Path, name: str, sha256: str) -> Path:
+    """Where the export of checkpoint ``sha256`` of model ``name`` is cached."""
+    version = torch.__version__.split("+")[0]
+    return cache_dir / "onnx" / f"{name}-{sha256[:16]}-torch{version}-f{EXPORT_FORMAT}.onnx"
+
+
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """Export ``model`` (eval mode, CPU) to ``path`` atomically; return ``path``."""
+    require_onnxruntime()
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise SoundwatchError(
+            "exporting to ONNX needs onnxscript: pip install soundwatch[onnx]"
+        ) from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _ProbabilityModel(model).eval()
+    example = torch.zeros(2, 1, 128, 100)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    frames = torch.export.Dim("frames", min=_MIN_FRAMES, max=_MAX_FRAMES)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"mel": {0: batch, 3: frames}},
+                optimize=True,
+                verbose=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class OnnxTagger:
+    """An onnxruntime CPU session over an exported model."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        ort = require_onnxruntime()
+        options: Any = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise SoundwatchError(
+                f"cannot load the ONNX model {path} ({exc}); delete it to export it again"
+            ) from None
+        self.path = path
+
+    def run(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[B, 1, 128, T]`` float32 -> (probabilities ``[B, C]``, embeddings ``[B, D]``)."""
+        probs, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: mels})
+        return probs, embedding
+
+
+def cached_onnx_tagger(
+    model: nn.Module, name: str, sha256: str, cache_dir: Path, threads: int | None = None
+) -> OnnxTagger:
+    """Load the cached export for this checkpoint, exporting it first if needed."""
+    path = onnx_cache_path(cache_dir, name, sha256)
+    if not path.is_file():
+        log.info("exporting %s to ONNX (one-time, cached at %s)", name, path)
+        export_onnx(model, path)
+    return OnnxTagger(path, threads)

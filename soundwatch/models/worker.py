@@ -1,0 +1,151 @@
+"""Batched inference over mel windows from any number of streams."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from soundwatch.errors import SoundwatchError
+from soundwatch.models.loader import LoadedModel
+from soundwatch.models.weights import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx"]
+N_MELS = 128
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SoundwatchError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SoundwatchError(
+            f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return resolved
+
+
+def as_model_batch(mels: np.ndarray) -> np.ndarray:
+    """Validate a mel batch and return it as contiguous float32 ``[B, 1, 128, T]``."""
+    arr = np.asarray(mels)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[2] != N_MELS:
+        raise SoundwatchError(
+            f"mel batch must be [batch, {N_MELS}, frames] or [batch, 1, {N_MELS}, frames], "
+            f"got shape {tuple(np.shape(mels))}"
+        )
+    if arr.shape[3] < 1:
+        raise SoundwatchError("mel windows must have at least one frame")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise SoundwatchError(f"mel batch must be floating point, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise SoundwatchError("mel batch contains NaN or infinite values")
+    return arr
+
+
+class InferenceWorker:
+    """Runs a :class:`LoadedModel` on batches of mel windows.
+
+    ``device="auto"`` uses CUDA (float16 autocast) when available, else the CPU in
+    float32. ``threads`` sets the CPU thread count (``torch.set_num_threads``, which is
+    process-wide; onnxruntime: intra-op threads of this session). ``backend="onnx"`` runs
+    an ONNX Runtime CPU session exported from the model and cached in ``cache_dir``.
+    ``channels_last`` stores CPU activations NHWC in the torch backend.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str = "auto",
+        threads: int | None = None,
+        backend: str = "torch",
+        *,
+        channels_last: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        if backend not in ("torch", "onnx"):
+            raise SoundwatchError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        if threads is not None and threads < 1:
+            raise SoundwatchError(f"threads must be at least 1, got {threads}")
+        self.loaded = loaded
+        self.backend: Backend = backend  # type: ignore[assignment]
+        self.threads = threads
+        if backend == "onnx":
+            if device not in ("auto", "cpu"):
+                raise SoundwatchError(
+                    f"backend 'onnx' runs on the CPU only; use device 'cpu' or 'auto', "
+                    f"or backend 'torch' for {device!r}"
+                )
+            self.device = torch.device("cpu")
+        else:
+            self.device = resolve_device(device)
+        if threads is not None and self.device.type == "cpu" and backend == "torch":
+            torch.set_num_threads(threads)
+        self.model = loaded.model.eval()
+        self._onnx = None
+        self.channels_last = False
+        if backend == "onnx":
+            from soundwatch.models.onnx_backend import cached_onnx_tagger
+
+            cache = cache_dir if cache_dir is not None else default_cache_dir()
+            self._onnx = cached_onnx_tagger(
+                self.model.to("cpu"), loaded.name, loaded.sha256, cache, threads
+            )
+        else:
+            self.model.to(self.device)
+            self.channels_last = channels_last and self.device.type == "cpu"
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        return self.loaded.num_classes
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.loaded.embedding_dim
+
+    def infer(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mel windows ``[B, 128, T]`` (or ``[B, 1, 128, T]``) -> (probabilities, embeddings).
+
+        Returns float32 ``[B, num_classes]`` sigmoid probabilities and ``[B, D]`` embeddings.
+        All windows of one call must have the same length ``T``.
+        """
+        batch = as_model_batch(mels)
+        if batch.shape[0] == 0:
+            return (
+                np.zeros((0, self.num_classes), np.float32),
+                np.zeros((0, self.embedding_dim), np.float32),
+            )
+        if self._onnx is not None:
+            probs, embedding = self._onnx.run(batch)
+            return probs.astype(np.float32, copy=False), embedding.astype(np.float32, copy=False)
+        return self._infer_torch(batch)
+
+    def _infer_torch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits, embedding = self.model(x)
+            else:
+                logits, embedding = self.model(x)
+            probs = torch.sigmoid(logits.float())
+        return probs.cpu().numpy(), embedding.float().cpu().numpy()
+
+    def warmup(self, frames: int) -> None:
+        """Run one dummy window of ``frames`` frames (first-call allocations, kernel picks)."""
+        self.infer(np.zeros((1, N_MELS, frames), np.float32))
