@@ -259,7 +259,9 @@ def read_checkpoint(path: Path, name: str) -> dict[str, Tensor]:
     return dict(loaded)
 
 
-def load_weights_strict(model: nn.Module, state_dict: Mapping[str, Tensor], name: str, path: Path):
+def load_weights_strict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], name: str, path: Path
+) -> None:
     """Load ``state_dict`` into ``model`` strictly, explaining any mismatch by architecture."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -276,9 +278,8 @@ def load_weights_strict(model: nn.Module, state_dict: Mapping[str, Tensor], name
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
         if mismatched:
-            problems.append(
-                f"{len(mismatched)} shapes differ (file vs {name}), e.g. {'; '.join(mismatched[:3])}"
-            )
+            examples = "; ".join(mismatched[:3])
+            problems.append(f"{len(mismatched)} shapes differ (file vs {name}), e.g. {examples}")
         raise SoundwatchError(
             f"{path} does not hold {name} weights (expected {len(expected)} tensors of the "
             f"{name} architecture, {model_spec(name).release_file}; got {'; '.join(problems)}). "
