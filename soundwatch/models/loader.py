@@ -60,13 +60,13 @@ def load_model(
     path, sha = resolve_weights(
         name, weights, cache_dir=cache_dir, download=download, base_url=base_url
     )
+    model = build_model(name, num_classes=AUDIOSET_CLASSES)
+    load_weights_strict(model, read_checkpoint(path, name), name, path)
+    model.eval()
     labels_path = resolve_bundle_file(
         LABELS_FILE, path.parent, cache_dir=cache_dir, download=download, base_url=labels_base_url
     )
     labels = read_class_labels(labels_path, AUDIOSET_CLASSES)
-    model = build_model(name, num_classes=AUDIOSET_CLASSES)
-    load_weights_strict(model, read_checkpoint(path, name), name, path)
-    model.eval()
     return LoadedModel(
         name=name,
         model=model,

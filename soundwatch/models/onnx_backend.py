@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.models.weights import temporary_sibling
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,11 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
         raise SoundwatchError(
             "exporting to ONNX needs onnxscript: pip install soundwatch[onnx]"
         ) from None
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _ProbabilityModel(model).eval()
     example = torch.zeros(2, 1, 128, 100)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     frames = torch.export.Dim("frames", min=_MIN_FRAMES, max=_MAX_FRAMES)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_sibling(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

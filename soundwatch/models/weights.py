@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -93,6 +93,14 @@ def _check_sidecar(path: Path) -> str:
     return digest
 
 
+def temporary_sibling(dest: Path) -> Path:
+    """A fresh hidden ``.part`` path beside ``dest`` (same file system, so ``os.replace``
+    is atomic); creates the directory. Files created there get the usual umask permissions.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+
+
 def download_file(url: str, dest: Path, *, expected_sha256: str | None = None) -> str:
     """Download ``url`` to ``dest`` atomically with a progress bar; return its sha256.
 
@@ -100,14 +108,12 @@ def download_file(url: str, dest: Path, *, expected_sha256: str | None = None) -
     :class:`SoundwatchError` on a truncated or hash-mismatching download; ``dest`` is
     untouched in all failure cases.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = temporary_sibling(dest)
     try:
         digest = hashlib.sha256()
         received = 0
         with (
-            os.fdopen(fd, "wb") as out,
+            open(tmp, "xb") as out,
             urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
         ):
             length = response.headers.get("Content-Length")
@@ -252,9 +258,12 @@ def read_checkpoint(path: Path, name: str) -> dict[str, Tensor]:
     if not isinstance(loaded, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()
     ):
+        got = type(loaded).__name__
+        if isinstance(loaded, Mapping):
+            got += " with keys " + ", ".join(repr(k) for k in list(loaded)[:3])
         raise SoundwatchError(
-            f"{path} is not a plain state dict of tensors (got {type(loaded).__name__}); "
-            f"expected the {name} checkpoint {model_spec(name).release_file}"
+            f"{path} is not a plain state dict of tensors (got a {got}); this file does not "
+            f"hold {name} weights as published ({model_spec(name).release_file})"
         )
     return dict(loaded)
 
