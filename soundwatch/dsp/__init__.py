@@ -6,13 +6,13 @@ streams, ``warmup()`` to compile the numba kernels before the first audio arrive
 """
 
 from soundwatch.dsp.logmel import logmel, warmup
-from soundwatch.dsp.melbank import SparseMelBank, kaldi_mel_banks, sparsify
+from soundwatch.dsp.melbank import MelSegments, kaldi_mel_banks, mel_segments
 from soundwatch.dsp.streaming import LOOKAHEAD_SAMPLES, StreamingLogMel, StreamingLogMelBatch
 from soundwatch.dsp.tables import (
     FMAX,
     FMIN,
     HOP,
-    MEL_BANK,
+    MEL_SEGMENTS,
     N_FFT,
     N_MELS,
     SAMPLE_RATE,
@@ -25,17 +25,17 @@ __all__ = [
     "FMIN",
     "HOP",
     "LOOKAHEAD_SAMPLES",
-    "MEL_BANK",
+    "MEL_SEGMENTS",
     "N_FFT",
     "N_MELS",
     "SAMPLE_RATE",
     "WIN_LENGTH",
-    "SparseMelBank",
+    "MelSegments",
     "StreamingLogMel",
     "StreamingLogMelBatch",
     "frames_for_samples",
     "kaldi_mel_banks",
     "logmel",
-    "sparsify",
+    "mel_segments",
     "warmup",
 ]

@@ -13,12 +13,21 @@ import numpy as np
 
 from soundwatch.errors import SoundwatchError
 
+_FLOAT32 = np.dtype(np.float32)
+
 
 def as_float32_samples(samples: object, *, what: str, ndim: int) -> np.ndarray:
     """Return ``samples`` as a C-contiguous float32 array of ``ndim`` dimensions.
 
     ``what`` names the argument in error messages (e.g. ``"wave"``).
     """
+    if (
+        type(samples) is np.ndarray
+        and samples.dtype == _FLOAT32
+        and samples.ndim == ndim
+        and samples.flags.c_contiguous
+    ):
+        return samples  # the common case, checked cheaply (this runs on every 10 ms push)
     if not isinstance(samples, np.ndarray):
         raise SoundwatchError(
             f"{what} must be a numpy array of float samples, got {type(samples).__name__}; "

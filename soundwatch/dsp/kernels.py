@@ -5,11 +5,11 @@ the window taps are the reference's float32 values; windowing, FFT, power, mel a
 in float64 and the result is stored as float32. A stream's state is a few small
 preallocated arrays (owned by ``StreamingLogMel`` in ``streaming.py``):
 
-- ``ring``: float64 ``[RING_SIZE]``, pre-emphasised sample ``i`` lives at ``ring[i & RING_MASK]``;
+- ``state``: float64 ``[STATE_SIZE]``: the ring of the last ``RING_SIZE`` pre-emphasised
+  samples (sample ``i`` at ``i & RING_MASK``), the work buffer (FFT real/imaginary parts,
+  power spectrum) and the previous raw sample (pre-emphasis memory);
 - ``counters``: int64 ``[4]`` = samples pushed, pre-emphasised samples, frames emitted,
-  non-finite samples replaced by zero;
-- ``last``: float64 ``[1]``, the previous raw sample (pre-emphasis memory);
-- ``work``: float64 ``[WORK_SIZE]``, FFT real/imaginary parts and the power spectrum.
+  non-finite samples replaced by zero.
 
 Frame ``t`` reads pre-emphasised samples ``t*HOP - 399 .. t*HOP + 398`` (the 798 non-zero
 taps of the centred 800-sample Hann window). Indices outside ``[0, m)`` are mirrored like
@@ -29,26 +29,33 @@ import numba as nb
 import numpy as np
 
 from soundwatch.dsp.tables import (
-    BIT_REVERSE,
     FFT_HALF,
+    FFT_PASS_LENGTH,
+    FFT_PASS_STRIDE,
+    FFT_RADIX2_STRIDE,
+    FFT_TWIDDLE_OFFSET,
     FRAME_BACK,
     FRAME_SPAN,
     HOP,
     LOG_OFFSET,
     MEL_BINS_USED,
-    MEL_OFFSETS,
-    MEL_STARTS,
-    MEL_WEIGHTS,
+    MEL_BOUNDS,
+    MEL_FRACTION,
     N_BINS,
     N_MELS,
     NORM_SCALE,
     NORM_SHIFT,
     PREEMPHASIS,
     RING_MASK,
+    RING_SIZE,
     SPLIT_COS,
     SPLIT_SIN,
-    TWIDDLE_IM,
-    TWIDDLE_RE,
+    TWIDDLE1_IM,
+    TWIDDLE1_RE,
+    TWIDDLE2_IM,
+    TWIDDLE2_RE,
+    TWIDDLE3_IM,
+    TWIDDLE3_RE,
     WINDOW_TAPS,
 )
 
@@ -56,7 +63,16 @@ READY_LAG = FRAME_BACK + 1
 """Frame ``t`` is complete once ``t*HOP + READY_LAG`` pre-emphasised samples exist (frame 0
 mirrors ``e[1..399]``, so it needs ``e[399]``)."""
 
-WORK_SIZE = 2 * FFT_HALF + N_BINS
+# work buffer layout: two complex ping-pong buffers (real and imaginary parts apart), then
+# the power spectrum.
+_A_RE, _A_IM, _B_RE, _B_IM, _POWER = (i * FFT_HALF for i in range(5))
+WORK_SIZE = _POWER + N_BINS
+# A stream's float64 state: the ring of pre-emphasised samples, the work buffer, the last
+# raw sample (pre-emphasis memory).
+_RING = 0
+_WORK = RING_SIZE
+_LAST = _WORK + WORK_SIZE
+STATE_SIZE = _LAST + 1
 N_COUNTERS = 4
 C_SAMPLES, C_PRE, C_FRAMES, C_NONFINITE = 0, 1, 2, 3
 
@@ -87,36 +103,111 @@ def frames_ready(n_samples: int) -> int:
 
 
 @nb.njit(**_JIT)
-def _fft_in_place(re: np.ndarray, im: np.ndarray) -> None:
-    """Iterative radix-2 DIT complex FFT of ``FFT_HALF`` points on bit-reversed input."""
-    # First stage (size 2) has the trivial twiddle 1.
-    for a in range(0, FFT_HALF, 2):
-        b = a + 1
-        tr = re[b]
-        ti = im[b]
-        re[b] = re[a] - tr
-        im[b] = im[a] - ti
-        re[a] += tr
-        im[a] += ti
-    size = 4
-    while size <= FFT_HALF:
-        half = size // 2
-        step = FFT_HALF // size
-        for start in range(0, FFT_HALF, size):
-            for j in range(half):
-                wr = TWIDDLE_RE[j * step]
-                wi = TWIDDLE_IM[j * step]
-                a = start + j
-                b = a + half
-                br = re[b]
-                bi = im[b]
-                tr = wr * br - wi * bi
-                ti = wr * bi + wi * br
-                re[b] = re[a] - tr
-                im[b] = im[a] - ti
-                re[a] += tr
-                im[a] += ti
-        size *= 2
+def _radix4_pass(
+    xr: np.ndarray,
+    xi: np.ndarray,
+    yr: np.ndarray,
+    yi: np.ndarray,
+    n: int,
+    stride: int,
+    twiddle_offset: int,
+) -> None:
+    """One Stockham radix-4 decimation-in-frequency pass, ``x`` -> ``y``."""
+    quarter = n // 4
+    for p in range(quarter):
+        w = twiddle_offset + p
+        w1r = TWIDDLE1_RE[w]
+        w1i = TWIDDLE1_IM[w]
+        w2r = TWIDDLE2_RE[w]
+        w2i = TWIDDLE2_IM[w]
+        w3r = TWIDDLE3_RE[w]
+        w3i = TWIDDLE3_IM[w]
+        ia = stride * p
+        ib = ia + stride * quarter
+        ic = ib + stride * quarter
+        id_ = ic + stride * quarter
+        o0 = stride * 4 * p
+        o1 = o0 + stride
+        o2 = o1 + stride
+        o3 = o2 + stride
+        for q in range(stride):
+            ar = xr[ia + q]
+            ai = xi[ia + q]
+            br = xr[ib + q]
+            bi = xi[ib + q]
+            cr = xr[ic + q]
+            ci = xi[ic + q]
+            dr = xr[id_ + q]
+            di = xi[id_ + q]
+            apc_r = ar + cr
+            apc_i = ai + ci
+            amc_r = ar - cr
+            amc_i = ai - ci
+            bpd_r = br + dr
+            bpd_i = bi + di
+            bmd_r = br - dr
+            bmd_i = bi - di
+            yr[o0 + q] = apc_r + bpd_r
+            yi[o0 + q] = apc_i + bpd_i
+            # (a - c) - i (b - d), (a + c) - (b + d), (a - c) + i (b - d), then twiddled
+            t_r = amc_r + bmd_i
+            t_i = amc_i - bmd_r
+            yr[o1 + q] = w1r * t_r - w1i * t_i
+            yi[o1 + q] = w1r * t_i + w1i * t_r
+            t_r = apc_r - bpd_r
+            t_i = apc_i - bpd_i
+            yr[o2 + q] = w2r * t_r - w2i * t_i
+            yi[o2 + q] = w2r * t_i + w2i * t_r
+            t_r = amc_r - bmd_i
+            t_i = amc_i + bmd_r
+            yr[o3 + q] = w3r * t_r - w3i * t_i
+            yi[o3 + q] = w3r * t_i + w3i * t_r
+
+
+@nb.njit(**_JIT)
+def _radix2_last_pass(
+    xr: np.ndarray, xi: np.ndarray, yr: np.ndarray, yi: np.ndarray, stride: int
+) -> None:
+    """The closing Stockham radix-2 pass (length 2, all twiddles 1), ``x`` -> ``y``."""
+    for q in range(stride):
+        ar = xr[q]
+        ai = xi[q]
+        br = xr[q + stride]
+        bi = xi[q + stride]
+        yr[q] = ar + br
+        yi[q] = ai + bi
+        yr[q + stride] = ar - br
+        yi[q + stride] = ai - bi
+
+
+# The pass plan of the 512-point FFT (4 x 4 x 4 x 4 x 2), spelled out below so that numba
+# sees each pass's length and stride as constants: about 3x faster than looping over the
+# plan arrays at run time.
+_PLAN = tuple(
+    (int(n), int(s), int(o))
+    for n, s, o in zip(FFT_PASS_LENGTH, FFT_PASS_STRIDE, FFT_TWIDDLE_OFFSET, strict=True)
+)
+if FFT_HALF != 512 or len(_PLAN) != 4 or FFT_RADIX2_STRIDE != 256:
+    raise ImportError("fft_half spells out the 512-point plan; update it with FFT_HALF")
+_P0, _P1, _P2, _P3 = _PLAN
+
+
+@nb.njit(**_JIT)
+def fft_half(work: np.ndarray) -> int:
+    """Complex FFT of ``FFT_HALF`` points held in ``work``'s buffer A (in natural order).
+
+    Returns the offset in ``work`` of the result's real part (imaginary part follows).
+    """
+    a_re = work[_A_RE:_A_IM]
+    a_im = work[_A_IM:_B_RE]
+    b_re = work[_B_RE:_B_IM]
+    b_im = work[_B_IM:_POWER]
+    _radix4_pass(a_re, a_im, b_re, b_im, _P0[0], _P0[1], _P0[2])
+    _radix4_pass(b_re, b_im, a_re, a_im, _P1[0], _P1[1], _P1[2])
+    _radix4_pass(a_re, a_im, b_re, b_im, _P2[0], _P2[1], _P2[2])
+    _radix4_pass(b_re, b_im, a_re, a_im, _P3[0], _P3[1], _P3[2])
+    _radix2_last_pass(a_re, a_im, b_re, b_im, FFT_RADIX2_STRIDE)
+    return _B_RE
 
 
 @nb.njit(**_JIT)
@@ -124,109 +215,126 @@ def compute_frame(
     ring: np.ndarray, m: int, t: int, work: np.ndarray, out: np.ndarray, col: int
 ) -> None:
     """Write the normalised log-mel of frame ``t`` into ``out[:, col]``."""
-    re = work[:FFT_HALF]
-    im = work[FFT_HALF : 2 * FFT_HALF]
-    power = work[2 * FFT_HALF :]
+    # Window the frame's samples into buffer A as FFT_HALF complex points (even + i*odd).
+    zr = work[_A_RE:_A_IM]
+    zi = work[_A_IM:_B_RE]
     start = t * HOP - FRAME_BACK
-    # Window the frame's samples straight into bit-reversed (even + i*odd) order.
     if start >= 0 and start + FRAME_SPAN <= m:
         for k in range(FRAME_SPAN // 2):
             j = 2 * k
-            p = BIT_REVERSE[k]
-            re[p] = ring[(start + j) & RING_MASK] * WINDOW_TAPS[j]
-            im[p] = ring[(start + j + 1) & RING_MASK] * WINDOW_TAPS[j + 1]
+            zr[k] = ring[(start + j) & RING_MASK] * WINDOW_TAPS[j]
+            zi[k] = ring[(start + j + 1) & RING_MASK] * WINDOW_TAPS[j + 1]
     else:
         for k in range(FRAME_SPAN // 2):
             j = 2 * k
-            p = BIT_REVERSE[k]
-            re[p] = ring[reflect_index(start + j, m) & RING_MASK] * WINDOW_TAPS[j]
-            im[p] = ring[reflect_index(start + j + 1, m) & RING_MASK] * WINDOW_TAPS[j + 1]
+            zr[k] = ring[reflect_index(start + j, m) & RING_MASK] * WINDOW_TAPS[j]
+            zi[k] = ring[reflect_index(start + j + 1, m) & RING_MASK] * WINDOW_TAPS[j + 1]
     for k in range(FRAME_SPAN // 2, FFT_HALF):
-        p = BIT_REVERSE[k]
-        re[p] = 0.0
-        im[p] = 0.0
-    _fft_in_place(re, im)
+        zr[k] = 0.0
+        zi[k] = 0.0
+    result = fft_half(work)
+    re = work[result : result + FFT_HALF]
+    im = work[result + FFT_HALF : result + 2 * FFT_HALF]
 
-    # Split the half-size complex FFT into the real signal's spectrum; keep |X|^2 only up
-    # to the highest bin a mel filter uses.
+    # Untangle the real signal's spectrum X[k] = E[k] + exp(-2 pi i k / N_FFT) O[k] and keep
+    # |X[k]|^2 up to the highest bin a mel filter uses.
+    power = work[_POWER:]
     power[0] = (re[0] + im[0]) * (re[0] + im[0])
     for k in range(1, MEL_BINS_USED):
-        zr = re[k]
-        zi = im[k]
+        zr_k = re[k]
+        zi_k = im[k]
         cr = re[FFT_HALF - k]
         ci = -im[FFT_HALF - k]
-        even_r = 0.5 * (zr + cr)
-        even_i = 0.5 * (zi + ci)
-        odd_r = 0.5 * (zi - ci)
-        odd_i = -0.5 * (zr - cr)
+        even_r = 0.5 * (zr_k + cr)
+        even_i = 0.5 * (zi_k + ci)
+        odd_r = 0.5 * (zi_k - ci)
+        odd_i = -0.5 * (zr_k - cr)
         c = SPLIT_COS[k]
         s = SPLIT_SIN[k]
         xr = even_r + c * odd_r + s * odd_i
         xi = even_i + c * odd_i - s * odd_r
         power[k] = xr * xr + xi * xi
 
+    # Mel energies from complementary triangle halves: segment b (bins between the centres
+    # of filters b and b+1) gives (1 - f) p to filter b and f p to filter b + 1.
+    carry = 0.0
+    for k in range(MEL_BOUNDS[0], MEL_BOUNDS[1]):
+        carry += MEL_FRACTION[k] * power[k]
     for b in range(N_MELS):
-        first = MEL_STARTS[b]
-        lo = MEL_OFFSETS[b]
-        hi = MEL_OFFSETS[b + 1]
-        acc = 0.0
-        for w in range(hi - lo):
-            acc += MEL_WEIGHTS[lo + w] * power[first + w]
-        out[b, col] = (math.log(acc + LOG_OFFSET) + NORM_SHIFT) / NORM_SCALE
+        total = 0.0
+        upper = 0.0
+        for k in range(MEL_BOUNDS[b + 1], MEL_BOUNDS[b + 2]):
+            p = power[k]
+            total += p
+            upper += MEL_FRACTION[k] * p
+        mel = carry + (total - upper)
+        carry = upper
+        out[b, col] = (math.log(mel + LOG_OFFSET) + NORM_SHIFT) / NORM_SCALE
 
 
 @nb.njit(**_JIT)
 def push_samples(
-    chunk: np.ndarray,
-    ring: np.ndarray,
-    counters: np.ndarray,
-    last: np.ndarray,
-    work: np.ndarray,
-    out: np.ndarray,
-    first_col: int,
+    chunk: np.ndarray, state: np.ndarray, counters: np.ndarray, out: np.ndarray, first_col: int
 ) -> int:
     """Feed ``chunk`` (float32) into one stream; frames it completes go to ``out[:, first_col:]``.
 
-    Non-finite samples are replaced by 0 and counted. ``out`` must have room for
-    ``frames_ready(samples_after) - frames_before`` columns. Returns the number of frames written.
+    Non-finite samples are replaced by 0 and counted (so is the rare pre-emphasised value that
+    overflows float32). ``out`` must have room for ``frames_ready(samples_after) -
+    frames_before`` columns. Returns the number of frames written.
     """
+    ring = state[_RING:_WORK]
+    work = state[_WORK:_LAST]
     n = counters[C_SAMPLES]
     m = counters[C_PRE]
     t = counters[C_FRAMES]
     bad = counters[C_NONFINITE]
-    prev = last[0]
-    col = first_col
-    for i in range(chunk.shape[0]):
-        v = np.float64(chunk[i])
-        if not math.isfinite(v):
-            v = 0.0
+    prev = np.float32(state[_LAST])
+    length = chunk.shape[0]
+    i = 0
+    if n == 0 and length > 0:  # the very first sample only primes the pre-emphasis
+        prev = chunk[0]
+        if not math.isfinite(prev):
+            prev = np.float32(0.0)
             bad += 1
-        if n > 0:
+        i = 1
+    col = first_col
+    while i < length:
+        # Run up to the sample that completes the next frame, then compute that frame.
+        stop = min(length, i + t * HOP + READY_LAG - m)
+        for j in range(i, stop):
+            v = chunk[j]
+            if not math.isfinite(v):
+                v = np.float32(0.0)
+                bad += 1
             # Rounded twice in float32 like the reference's conv1d (bitwise equal to it).
-            ring[m & RING_MASK] = np.float32(v) + np.float32(_PRE_NEG * np.float32(prev))
-            m += 1
-            if m >= t * HOP + READY_LAG:
-                compute_frame(ring, m, t, work, out, col)
-                t += 1
-                col += 1
-        prev = v
-        n += 1
-    counters[C_SAMPLES] = n
+            e = v + _PRE_NEG * prev
+            if not math.isfinite(e):  # |x| near float32's limit: overflow, not audio
+                e = np.float32(0.0)
+                bad += 1
+            ring[(m + j - i) & RING_MASK] = e
+            prev = v
+        m += stop - i
+        i = stop
+        if m >= t * HOP + READY_LAG:
+            compute_frame(ring, m, t, work, out, col)
+            t += 1
+            col += 1
+    counters[C_SAMPLES] = n + length
     counters[C_PRE] = m
     counters[C_FRAMES] = t
     counters[C_NONFINITE] = bad
-    last[0] = prev
+    state[_LAST] = prev
     return col - first_col
 
 
 @nb.njit(**_JIT)
-def flush_frames(
-    ring: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray, first_col: int
-) -> int:
+def flush_frames(state: np.ndarray, counters: np.ndarray, out: np.ndarray, first_col: int) -> int:
     """Emit the frames that need the end mirror into ``out[:, first_col:]`` (needs ``m >= 1``).
 
     Returns the number of frames written.
     """
+    ring = state[_RING:_WORK]
+    work = state[_WORK:_LAST]
     m = counters[C_PRE]
     t = counters[C_FRAMES]
     col = first_col
@@ -240,26 +348,24 @@ def flush_frames(
 
 @nb.njit(**_JIT)
 def push_samples_batch(
-    chunks: np.ndarray,
-    rings: np.ndarray,
-    counters: np.ndarray,
-    lasts: np.ndarray,
-    works: np.ndarray,
-    out: np.ndarray,
-) -> int:
+    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, out: np.ndarray
+) -> None:
     """``push_samples`` for ``S`` aligned streams: ``chunks [S, L]`` -> ``out [S, N_MELS, k]``."""
-    col = 0
     for s in range(chunks.shape[0]):
-        col = push_samples(chunks[s], rings[s], counters[s], lasts[s], works[s], out[s], 0)
-    return col
+        push_samples(chunks[s], states[s], counters[s], out[s], 0)
+
+
+@nb.njit(parallel=True, **_JIT)
+def push_samples_batch_parallel(
+    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, out: np.ndarray
+) -> None:
+    """``push_samples_batch`` with the streams spread over numba's worker threads."""
+    for s in nb.prange(chunks.shape[0]):
+        push_samples(chunks[s], states[s], counters[s], out[s], 0)
 
 
 @nb.njit(**_JIT)
-def flush_frames_batch(
-    rings: np.ndarray, counters: np.ndarray, works: np.ndarray, out: np.ndarray
-) -> int:
+def flush_frames_batch(states: np.ndarray, counters: np.ndarray, out: np.ndarray) -> None:
     """``flush_frames`` for ``S`` aligned streams."""
-    col = 0
-    for s in range(rings.shape[0]):
-        col = flush_frames(rings[s], counters[s], works[s], out[s], 0)
-    return col
+    for s in range(states.shape[0]):
+        flush_frames(states[s], counters[s], out[s], 0)

@@ -17,7 +17,7 @@ from soundwatch.dsp.inputs import as_float32_samples
 from soundwatch.dsp.kernels import (
     C_NONFINITE,
     N_COUNTERS,
-    WORK_SIZE,
+    STATE_SIZE,
     flush_frames,
     push_samples,
 )
@@ -47,13 +47,11 @@ def logmel(wave: np.ndarray) -> np.ndarray:
             f"wave has {n} sample(s); the log-mel needs at least 2 (a frame is 320 samples "
             "at 32 kHz, so pass at least 10 ms of audio)"
         )
-    ring = np.zeros(RING_SIZE, dtype=np.float64)
+    state = np.zeros(STATE_SIZE, dtype=np.float64)
     counters = np.zeros(N_COUNTERS, dtype=np.int64)
-    last = np.zeros(1, dtype=np.float64)
-    work = np.zeros(WORK_SIZE, dtype=np.float64)
     out = np.empty((N_MELS, frames_for_samples(n)), dtype=np.float32)
-    written = push_samples(samples, ring, counters, last, work, out, 0)
-    written += flush_frames(ring, counters, work, out, written)
+    written = push_samples(samples, state, counters, out, 0)
+    written += flush_frames(state, counters, out, written)
     if written != out.shape[1]:  # an internal invariant, not user input
         raise AssertionError(f"log-mel wrote {written} of {out.shape[1]} frames")
     bad = int(counters[C_NONFINITE])
@@ -76,7 +74,8 @@ def warmup() -> float:
     stream = StreamingLogMel()
     stream.push(wave)
     stream.flush()
-    batch = StreamingLogMelBatch(2)
-    batch.push(np.zeros((2, wave.shape[0]), dtype=np.float32))
-    batch.flush()
+    for parallel in (False, True):
+        batch = StreamingLogMelBatch(2, parallel=parallel)
+        batch.push(np.zeros((2, wave.shape[0]), dtype=np.float32))
+        batch.flush()
     return time.perf_counter() - start

@@ -12,19 +12,18 @@ import numpy as np
 
 from soundwatch.dsp.inputs import as_float32_samples
 from soundwatch.dsp.kernels import (
-    C_FRAMES,
     C_NONFINITE,
-    C_SAMPLES,
     N_COUNTERS,
     READY_LAG,
-    WORK_SIZE,
+    STATE_SIZE,
     flush_frames,
     flush_frames_batch,
     frames_ready,
     push_samples,
     push_samples_batch,
+    push_samples_batch_parallel,
 )
-from soundwatch.dsp.tables import N_MELS, RING_SIZE, frames_for_samples
+from soundwatch.dsp.tables import N_MELS, frames_for_samples
 from soundwatch.errors import SoundwatchError
 
 LOOKAHEAD_SAMPLES = READY_LAG + 1
@@ -54,21 +53,22 @@ class StreamingLogMel:
     count means the device or decoder produced garbage). Call ``soundwatch.dsp.warmup()``
     once before real audio arrives so the first push does not pay the numba compile.
 
-    State is a few preallocated arrays (about 13 kB); nothing grows with the stream.
+    State is two preallocated arrays (about 25 kB); nothing grows with the stream.
     """
 
     def __init__(self) -> None:
-        self._ring = np.zeros(RING_SIZE, dtype=np.float64)
+        self._state = np.zeros(STATE_SIZE, dtype=np.float64)
         self._counters = np.zeros(N_COUNTERS, dtype=np.int64)
-        self._last = np.zeros(1, dtype=np.float64)
-        self._work = np.zeros(WORK_SIZE, dtype=np.float64)
+        self._samples = 0  # mirrors of the kernel's counters, cheap to read from Python
+        self._frames = 0
         self._ended = False
 
     def reset(self) -> None:
         """Forget the current stream (its counters too) and start a new one."""
-        self._ring.fill(0.0)
+        self._state.fill(0.0)
         self._counters.fill(0)
-        self._last.fill(0.0)
+        self._samples = 0
+        self._frames = 0
         self._ended = False
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
@@ -76,10 +76,14 @@ class StreamingLogMel:
         if self._ended:
             raise _ended_error()
         samples = as_float32_samples(chunk, what="chunk", ndim=1)
-        n_after = int(self._counters[C_SAMPLES]) + samples.shape[0]
-        k = frames_ready(n_after) - int(self._counters[C_FRAMES])
+        n_after = self._samples + samples.shape[0]
+        k = frames_ready(n_after) - self._frames
         out = np.empty((N_MELS, k), dtype=np.float32)
-        push_samples(samples, self._ring, self._counters, self._last, self._work, out, 0)
+        written = push_samples(samples, self._state, self._counters, out, 0)
+        if written != k:  # an internal invariant, not user input
+            raise AssertionError(f"push wrote {written} frames, expected {k}")
+        self._samples = n_after
+        self._frames += k
         return out
 
     def flush(self) -> np.ndarray:
@@ -91,28 +95,31 @@ class StreamingLogMel:
         """
         if self._ended:
             raise SoundwatchError("flush() was already called; call reset() to start again")
-        n = int(self._counters[C_SAMPLES])
         self._ended = True
-        if n < 2:
+        if self._samples < 2:
             return np.empty((N_MELS, 0), dtype=np.float32)
-        k = frames_for_samples(n) - int(self._counters[C_FRAMES])
+        k = frames_for_samples(self._samples) - self._frames
         out = np.empty((N_MELS, k), dtype=np.float32)
-        flush_frames(self._ring, self._counters, self._work, out, 0)
+        written = flush_frames(self._state, self._counters, out, 0)
+        if written != k:
+            raise AssertionError(f"flush wrote {written} frames, expected {k}")
+        self._frames += k
         return out
 
     @property
     def frames_emitted(self) -> int:
         """Frames returned so far in this stream (the next frame's index)."""
-        return int(self._counters[C_FRAMES])
+        return self._frames
 
     @property
     def samples_pushed(self) -> int:
         """Input samples received so far in this stream (non-finite ones included)."""
-        return int(self._counters[C_SAMPLES])
+        return self._samples
 
     @property
     def nonfinite_samples(self) -> int:
-        """NaN/Inf samples received in this stream, each replaced by 0 before processing."""
+        """NaN/Inf samples received in this stream, each replaced by 0 before processing
+        (plus any sample so large, beyond ~1e38, that its pre-emphasis overflowed)."""
         return int(self._counters[C_NONFINITE])
 
     @property
@@ -127,25 +134,29 @@ class StreamingLogMelBatch:
     ``push(chunks)`` takes float ``[n_streams, samples]`` (same length for every stream, e.g.
     the channels of one capture device, or many sources polled in lockstep) and returns
     float32 ``[n_streams, 128, k]``; ``flush()`` likewise. Each row is exactly what a
-    separate ``StreamingLogMel`` would return. It saves the per-call Python overhead of
-    ``n_streams`` separate pushes (see ``docs/performance.md``).
+    separate ``StreamingLogMel`` would return. One call saves the Python overhead of
+    ``n_streams`` separate pushes; ``parallel=True`` also spreads the streams over numba's
+    threads (see ``docs/performance.md`` for what each buys).
     """
 
-    def __init__(self, n_streams: int) -> None:
+    def __init__(self, n_streams: int, *, parallel: bool = False) -> None:
         if n_streams < 1:
             raise SoundwatchError(f"n_streams must be at least 1, got {n_streams}")
         self.n_streams = n_streams
-        self._rings = np.zeros((n_streams, RING_SIZE), dtype=np.float64)
+        self.parallel = parallel
+        self._push = push_samples_batch_parallel if parallel else push_samples_batch
+        self._states = np.zeros((n_streams, STATE_SIZE), dtype=np.float64)
         self._counters = np.zeros((n_streams, N_COUNTERS), dtype=np.int64)
-        self._lasts = np.zeros((n_streams, 1), dtype=np.float64)
-        self._works = np.zeros((n_streams, WORK_SIZE), dtype=np.float64)
+        self._samples = 0
+        self._frames = 0
         self._ended = False
 
     def reset(self) -> None:
         """Forget every stream (counters too) and start new ones."""
-        self._rings.fill(0.0)
+        self._states.fill(0.0)
         self._counters.fill(0)
-        self._lasts.fill(0.0)
+        self._samples = 0
+        self._frames = 0
         self._ended = False
 
     def push(self, chunks: np.ndarray) -> np.ndarray:
@@ -158,10 +169,12 @@ class StreamingLogMelBatch:
                 f"chunks has {samples.shape[0]} rows but this batch has {self.n_streams} "
                 "streams; pass one row per stream"
             )
-        n_after = int(self._counters[0, C_SAMPLES]) + samples.shape[1]
-        k = frames_ready(n_after) - int(self._counters[0, C_FRAMES])
+        n_after = self._samples + samples.shape[1]
+        k = frames_ready(n_after) - self._frames
         out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
-        push_samples_batch(samples, self._rings, self._counters, self._lasts, self._works, out)
+        self._push(samples, self._states, self._counters, out)
+        self._samples = n_after
+        self._frames += k
         return out
 
     def flush(self) -> np.ndarray:
@@ -169,24 +182,24 @@ class StreamingLogMelBatch:
         ``StreamingLogMel.flush``)."""
         if self._ended:
             raise SoundwatchError("flush() was already called; call reset() to start again")
-        n = int(self._counters[0, C_SAMPLES])
         self._ended = True
-        if n < 2:
+        if self._samples < 2:
             return np.empty((self.n_streams, N_MELS, 0), dtype=np.float32)
-        k = frames_for_samples(n) - int(self._counters[0, C_FRAMES])
+        k = frames_for_samples(self._samples) - self._frames
         out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
-        flush_frames_batch(self._rings, self._counters, self._works, out)
+        flush_frames_batch(self._states, self._counters, out)
+        self._frames += k
         return out
 
     @property
     def frames_emitted(self) -> int:
         """Frames returned so far per stream (the same for all streams)."""
-        return int(self._counters[0, C_FRAMES])
+        return self._frames
 
     @property
     def samples_pushed(self) -> int:
         """Input samples received so far per stream."""
-        return int(self._counters[0, C_SAMPLES])
+        return self._samples
 
     @property
     def nonfinite_samples(self) -> np.ndarray:

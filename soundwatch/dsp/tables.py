@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from soundwatch.dsp.melbank import SparseMelBank, kaldi_mel_banks, sparsify
+from soundwatch.dsp.melbank import MelSegments, mel_segments
 
 SAMPLE_RATE = 32000
 """Input sample rate in Hz (mono)."""
@@ -54,30 +54,63 @@ RING_SIZE = 1024
 """Pre-emphasised samples a stream keeps (a power of two > FRAME_SPAN + HOP)."""
 RING_MASK = RING_SIZE - 1
 
-# Real FFT of N_FFT points as a complex FFT of N_FFT/2 points on (even + i*odd) samples.
+# Real FFT of N_FFT points as a complex FFT of N_FFT/2 points on (even + i*odd) samples,
+# computed by a self-sorting (Stockham) decimation-in-frequency FFT: radix-4 passes while 4
+# divides the length, then one radix-2 pass if needed. Twiddles of pass ``p`` (length ``n``,
+# stride ``s``) are ``exp(-2 pi i j q / n)`` for ``q < n / 4`` and ``j = 1, 2, 3``, stored
+# from ``FFT_TWIDDLE_OFFSET[p]``.
 FFT_HALF = N_FFT // 2
-FFT_LOG2 = FFT_HALF.bit_length() - 1
 N_BINS = N_FFT // 2 + 1
 
 
-def _bit_reversal(n: int) -> np.ndarray:
-    bits = n.bit_length() - 1
-    return np.array([int(format(i, f"0{bits}b")[::-1], 2) for i in range(n)], dtype=np.int64)
+def _stockham_radix4_plan(n_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(lengths, strides, twiddle_offsets, radix2_stride)`` of the radix-4 passes.
+
+    ``radix2_stride`` is 0 when no final radix-2 pass is needed.
+    """
+    if n_points & (n_points - 1):
+        raise ValueError(f"FFT length must be a power of two, got {n_points}")
+    lengths, strides, offsets = [], [], []
+    n, stride, offset = n_points, 1, 0
+    while n >= 4:
+        lengths.append(n)
+        strides.append(stride)
+        offsets.append(offset)
+        offset += n // 4
+        n //= 4
+        stride *= 4
+    as_int = [np.array(values, dtype=np.int64) for values in (lengths, strides, offsets)]
+    return as_int[0], as_int[1], as_int[2], stride if n == 2 else 0
 
 
-BIT_REVERSE = _bit_reversal(FFT_HALF)
-_angles = -2.0 * math.pi * np.arange(FFT_HALF // 2, dtype=np.float64) / FFT_HALF
-TWIDDLE_RE = np.ascontiguousarray(np.cos(_angles))
-TWIDDLE_IM = np.ascontiguousarray(np.sin(_angles))
+FFT_PASS_LENGTH, FFT_PASS_STRIDE, FFT_TWIDDLE_OFFSET, FFT_RADIX2_STRIDE = _stockham_radix4_plan(
+    FFT_HALF
+)
+FFT_N_PASSES = FFT_PASS_LENGTH.shape[0] + (1 if FFT_RADIX2_STRIDE else 0)
+
+
+def _stockham_twiddles(j: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = [
+        np.exp(-2j * math.pi * j * np.arange(n // 4, dtype=np.float64) / n)
+        for n in FFT_PASS_LENGTH.tolist()
+    ]
+    values = np.concatenate(parts)
+    return np.ascontiguousarray(values.real), np.ascontiguousarray(values.imag)
+
+
+TWIDDLE1_RE, TWIDDLE1_IM = _stockham_twiddles(1)
+TWIDDLE2_RE, TWIDDLE2_IM = _stockham_twiddles(2)
+TWIDDLE3_RE, TWIDDLE3_IM = _stockham_twiddles(3)
+# Untangling the half-size complex FFT into the real signal's spectrum: exp(-2 pi i k / N_FFT).
 _split = 2.0 * math.pi * np.arange(N_BINS, dtype=np.float64) / N_FFT
 SPLIT_COS = np.ascontiguousarray(np.cos(_split))
 SPLIT_SIN = np.ascontiguousarray(np.sin(_split))
 
-MEL_BANK: SparseMelBank = sparsify(kaldi_mel_banks(N_MELS, N_FFT, SAMPLE_RATE, FMIN, FMAX))
-MEL_STARTS = MEL_BANK.starts
-MEL_OFFSETS = MEL_BANK.offsets
-MEL_WEIGHTS = MEL_BANK.weights
-MEL_BINS_USED = MEL_BANK.n_bins_used
+MEL_SEGMENTS: MelSegments = mel_segments(N_MELS, N_FFT, SAMPLE_RATE, FMIN, FMAX)
+MEL_BOUNDS = MEL_SEGMENTS.bounds
+MEL_FRACTION = MEL_SEGMENTS.fraction
+MEL_BINS_USED = int(MEL_BOUNDS[-1])
+"""One past the highest FFT bin any mel filter weighs: the spectrum above is never needed."""
 
 
 def frames_for_samples(n_samples: int) -> int:
