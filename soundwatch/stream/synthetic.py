@@ -1,0 +1,182 @@
+"""A synthetic demo source: a repeating programme of recognisable sounds, made in code.
+
+The programme cycles through segments, each a few seconds long: beeps (a sine tone switched
+on and off), a siren (a wailing frequency sweep), bursts of white noise, clicks (a tick
+train) and near-silence. Every segment's parameters come from ``numpy.random.default_rng
+([seed, segment index])``, and a segment is rendered whole before being cut, so the output
+is identical for a given seed whatever the read sizes. Generated directly at 32 kHz.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from soundwatch.errors import SoundwatchError
+from soundwatch.stream.base import AudioBlock, Source, SourceStats
+from soundwatch.stream.resample import TARGET_RATE
+
+RATE = TARGET_RATE
+
+
+def _beeps(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n) / RATE
+    freq = rng.choice([880.0, 1000.0, 1500.0, 2000.0])
+    period = rng.uniform(0.3, 0.6)
+    on = (t % period) < period / 2
+    return (0.3 * np.sin(2 * np.pi * freq * t) * on).astype(np.float32)
+
+
+def _siren(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n) / RATE
+    low, high = rng.uniform(500, 800), rng.uniform(1200, 1700)
+    rate = rng.uniform(0.2, 0.5)  # wail cycles per second
+    freq = low + (high - low) * 0.5 * (1 - np.cos(2 * np.pi * rate * t))
+    phase = 2 * np.pi * np.cumsum(freq) / RATE
+    return (0.3 * np.sin(phase)).astype(np.float32)
+
+
+def _noise_bursts(rng: np.random.Generator, n: int) -> np.ndarray:
+    t = np.arange(n) / RATE
+    burst = rng.uniform(0.3, 0.8)
+    gate = (t % (2 * burst)) < burst
+    return (0.2 * rng.standard_normal(n) * gate).astype(np.float32)
+
+
+def _clicks(rng: np.random.Generator, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    interval = int(rng.uniform(0.15, 0.4) * RATE)
+    click = (np.exp(-np.arange(64) / 8.0) * np.sign(np.sin(np.arange(64)))).astype(np.float32)
+    for start in range(0, n - len(click), interval):
+        out[start : start + len(click)] += 0.6 * click
+    return out
+
+
+def _quiet(rng: np.random.Generator, n: int) -> np.ndarray:
+    return (0.001 * rng.standard_normal(n)).astype(np.float32)
+
+
+#: (name, seconds, generator) in programme order.
+PROGRAMME: tuple[tuple[str, float, Callable[[np.random.Generator, int], np.ndarray]], ...] = (
+    ("beeps", 4.0, _beeps),
+    ("siren", 5.0, _siren),
+    ("noise bursts", 3.0, _noise_bursts),
+    ("clicks", 3.0, _clicks),
+    ("quiet", 2.0, _quiet),
+)
+
+
+def render_segment(seed: int, index: int) -> tuple[str, np.ndarray]:
+    """Segment ``index`` of the programme for ``seed``: its name and samples."""
+    name, seconds, generate = PROGRAMME[index % len(PROGRAMME)]
+    rng = np.random.default_rng([seed, index])
+    return name, generate(rng, int(seconds * RATE))
+
+
+class SyntheticSource(Source):
+    """Deterministic demo audio; real-time paced by default (``pace="fast"`` for tests)."""
+
+    MIN_RELEASE_SECONDS = 0.01
+    MAX_RELEASE_SECONDS = 0.5
+
+    def __init__(
+        self,
+        stream_id: str = "synthetic",
+        *,
+        seed: int = 0,
+        pace: str = "realtime",
+        duration: float | None = None,
+    ):
+        if pace not in ("realtime", "fast"):
+            raise SoundwatchError(f"unknown pace {pace!r}; use realtime or fast")
+        self.id = stream_id
+        self.native_rate = RATE
+        self.channels = 1
+        self.seed = int(seed)
+        self.pace = pace
+        self.duration = duration
+        self._total = None if duration is None else int(duration * RATE)
+        self._segment_index = -1
+        self._segment = np.zeros(0, dtype=np.float32)
+        self._segment_start = 0
+        self._produced = 0
+        self._started = False
+        self._stopped = False
+        self._t_open = 0.0
+        self._t_mono = 0.0
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._t_open = time.time()
+        self._t_mono = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    @property
+    def ended(self) -> bool:
+        return self._stopped or (self._total is not None and self._produced >= self._total)
+
+    def stats(self) -> SourceStats:
+        return SourceStats(samples_in=self._produced)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "synthetic",
+            "id": self.id,
+            "seed": self.seed,
+            "pace": self.pace,
+            "native_rate": RATE,
+            "channels": 1,
+            "programme": [name for name, _, _ in PROGRAMME],
+        }
+
+    def generate(self, n: int) -> np.ndarray:
+        """The next ``n`` samples of the programme (advances the position)."""
+        parts = []
+        while n > 0:
+            offset = self._produced - self._segment_start
+            if offset >= len(self._segment):
+                self._segment_start += len(self._segment)
+                self._segment_index += 1
+                _, self._segment = render_segment(self.seed, self._segment_index)
+                continue
+            take = min(n, len(self._segment) - offset)
+            parts.append(self._segment[offset : offset + take])
+            self._produced += take
+            n -= take
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def read(self, timeout: float) -> AudioBlock | None:
+        if not self._started:
+            raise SoundwatchError(f"synthetic source {self.id!r} was not started")
+        max_release = int(self.MAX_RELEASE_SECONDS * RATE)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self.ended:
+            limit = max_release
+            if self._total is not None:
+                limit = min(limit, self._total - self._produced)
+            if self.pace == "fast":
+                due = limit
+            else:
+                due = min(limit, int((time.monotonic() - self._t_mono) * RATE) - self._produced)
+            if due >= min(limit, int(self.MIN_RELEASE_SECONDS * RATE)) and due > 0:
+                t_start = self._t_open + self._produced / RATE
+                samples = self.generate(due)
+                t_ingest = (
+                    time.monotonic()
+                    if self.pace == "fast"
+                    else self._t_mono + self._produced / RATE
+                )
+                return AudioBlock(samples, t_start, t_ingest)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wake = self._t_mono + (self._produced + int(self.MIN_RELEASE_SECONDS * RATE)) / RATE
+            time.sleep(max(0.0, min(wake - time.monotonic(), remaining)))
+        return None
