@@ -63,10 +63,13 @@ READY_LAG = FRAME_BACK + 1
 """Frame ``t`` is complete once ``t*HOP + READY_LAG`` pre-emphasised samples exist (frame 0
 mirrors ``e[1..399]``, so it needs ``e[399]``)."""
 
-# work buffer layout: two complex ping-pong buffers (real and imaginary parts apart), then
-# the power spectrum.
+# work buffer layout: two complex ping-pong buffers (real and imaginary parts apart), the
+# power spectrum, then the mel energies and two scratch rows for the logarithm.
 _A_RE, _A_IM, _B_RE, _B_IM, _POWER = (i * FFT_HALF for i in range(5))
-WORK_SIZE = _POWER + N_BINS
+_MEL = _POWER + N_BINS
+_MANTISSA = _MEL + N_MELS
+_LOG = _MANTISSA + N_MELS
+WORK_SIZE = _LOG + N_MELS
 # A stream's float64 state: the ring of pre-emphasised samples, the work buffer, the last
 # raw sample (pre-emphasis memory).
 _RING = 0
@@ -210,6 +213,47 @@ def fft_half(work: np.ndarray) -> int:
     return _B_RE
 
 
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+_EXPONENT_MASK = np.int64(0x7FF)
+_MANTISSA_MASK = np.int64(0x000F_FFFF_FFFF_FFFF)
+_ONE_BITS = np.int64(0x3FF0_0000_0000_0000)  # the bits of 1.0
+
+
+@nb.njit(**_JIT)
+def log_positive(values: np.ndarray, mantissa: np.ndarray, result: np.ndarray) -> None:
+    """``result[i] = ln(values[i])`` for positive, finite, normal float64 values.
+
+    Written so that LLVM vectorises it (``math.log`` is a scalar libm call per value, ~2.5x
+    slower here): split ``x = 2^e m`` through the bit pattern, fold ``m`` into
+    ``[sqrt(1/2), sqrt(2))`` and sum ``ln m = 2 atanh(s)``, ``s = (m - 1) / (m + 1)``, to the
+    ``s^13`` term (|s| < 0.172: truncation below 2e-11 absolute). ``mantissa`` is scratch of
+    the same length.
+    """
+    bits = values.view(np.int64)
+    mantissa_bits = mantissa.view(np.int64)
+    for i in range(values.shape[0]):
+        b = bits[i]
+        result[i] = np.float64(((b >> 52) & _EXPONENT_MASK) - 1023)
+        mantissa_bits[i] = (b & _MANTISSA_MASK) | _ONE_BITS
+    for i in range(values.shape[0]):
+        m = mantissa[i]
+        e = result[i]
+        if m > _SQRT2:
+            m *= 0.5
+            e += 1.0
+        s = (m - 1.0) / (m + 1.0)
+        s2 = s * s
+        series = 1.0 / 13.0
+        series = 1.0 / 11.0 + s2 * series
+        series = 1.0 / 9.0 + s2 * series
+        series = 1.0 / 7.0 + s2 * series
+        series = 1.0 / 5.0 + s2 * series
+        series = 1.0 / 3.0 + s2 * series
+        series = 1.0 + s2 * series
+        result[i] = e * _LN2 + 2.0 * s * series
+
+
 @nb.njit(**_JIT)
 def compute_frame(
     ring: np.ndarray, m: int, t: int, work: np.ndarray, out: np.ndarray, col: int
@@ -238,7 +282,7 @@ def compute_frame(
 
     # Untangle the real signal's spectrum X[k] = E[k] + exp(-2 pi i k / N_FFT) O[k] and keep
     # |X[k]|^2 up to the highest bin a mel filter uses.
-    power = work[_POWER:]
+    power = work[_POWER:_MEL]
     power[0] = (re[0] + im[0]) * (re[0] + im[0])
     for k in range(1, MEL_BINS_USED):
         zr_k = re[k]
@@ -257,6 +301,7 @@ def compute_frame(
 
     # Mel energies from complementary triangle halves: segment b (bins between the centres
     # of filters b and b+1) gives (1 - f) p to filter b and f p to filter b + 1.
+    mel = work[_MEL:_MANTISSA]
     carry = 0.0
     for k in range(MEL_BOUNDS[0], MEL_BOUNDS[1]):
         carry += MEL_FRACTION[k] * power[k]
@@ -267,9 +312,12 @@ def compute_frame(
             p = power[k]
             total += p
             upper += MEL_FRACTION[k] * p
-        mel = carry + (total - upper)
+        mel[b] = carry + (total - upper) + LOG_OFFSET
         carry = upper
-        out[b, col] = (math.log(mel + LOG_OFFSET) + NORM_SHIFT) / NORM_SCALE
+    logs = work[_LOG:WORK_SIZE]
+    log_positive(mel, work[_MANTISSA:_LOG], logs)
+    for b in range(N_MELS):
+        out[b, col] = (logs[b] + NORM_SHIFT) / NORM_SCALE
 
 
 @nb.njit(**_JIT)
@@ -352,15 +400,6 @@ def push_samples_batch(
 ) -> None:
     """``push_samples`` for ``S`` aligned streams: ``chunks [S, L]`` -> ``out [S, N_MELS, k]``."""
     for s in range(chunks.shape[0]):
-        push_samples(chunks[s], states[s], counters[s], out[s], 0)
-
-
-@nb.njit(parallel=True, **_JIT)
-def push_samples_batch_parallel(
-    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, out: np.ndarray
-) -> None:
-    """``push_samples_batch`` with the streams spread over numba's worker threads."""
-    for s in nb.prange(chunks.shape[0]):
         push_samples(chunks[s], states[s], counters[s], out[s], 0)
 
 
