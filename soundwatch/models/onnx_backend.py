@@ -63,7 +63,33 @@ def onnx_cache_path(cache_dir: Path, name: str, sha256: str) -> Path:
 
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
-    """Export ``model`` (eval mode, CPU) to ``path`` atomically; return ``path``."""
+    """Export a tagger (eval mode, CPU) with its sigmoid to ``path`` atomically."""
+    return export_module(
+        _ProbabilityModel(model).eval(),
+        torch.zeros(2, 1, 128, 100),
+        path,
+        input_name=INPUT_NAME,
+        output_names=OUTPUT_NAMES,
+        dynamic_axes={
+            0: torch.export.Dim("batch", min=1, max=1 << 16),
+            3: torch.export.Dim("frames", min=_MIN_FRAMES, max=_MAX_FRAMES),
+        },
+    )
+
+
+def export_module(
+    module: nn.Module,
+    example: Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[int, Any],
+) -> Path:
+    """Export a one-input module with the dynamo exporter to ``path``, atomically.
+
+    ``dynamic_axes`` maps input axes to ``torch.export.Dim`` objects.
+    """
     require_onnxruntime()
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
@@ -71,23 +97,19 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
         raise SoundwatchError(
             "exporting to ONNX needs onnxscript: pip install soundwatch[onnx]"
         ) from None
-    wrapper = _ProbabilityModel(model).eval()
-    example = torch.zeros(2, 1, 128, 100)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    frames = torch.export.Dim("frames", min=_MIN_FRAMES, max=_MAX_FRAMES)
     tmp = temporary_sibling(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper,
+                module,
                 (example,),
                 str(tmp),
                 dynamo=True,
                 external_data=False,
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"mel": {0: batch, 3: frames}},
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_shapes=(dynamic_axes,),
                 optimize=True,
                 verbose=False,
             )
@@ -122,6 +144,10 @@ class OnnxTagger:
         """``[B, 1, 128, T]`` float32 -> (probabilities ``[B, C]``, embeddings ``[B, D]``)."""
         probs, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: mels})
         return probs, embedding
+
+    def run_raw(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """All outputs of the graph for its single input (for graphs made by export_module)."""
+        return self.session.run(None, {self.session.get_inputs()[0].name: inputs})
 
 
 def cached_onnx_tagger(
