@@ -5,11 +5,15 @@
 (Hann-windowed sinc, ``lowpass_filter_width=6``, ``rolloff=0.99``), up to float32 rounding of
 the convolution. It builds the very same kernel (``torchaudio.transforms.Resample`` with
 ``dtype=float32``, which computes it exactly as ``functional.resample`` does for a float32
-waveform) and applies it with ``conv1d`` block by block, carrying the input context that the
-next output samples still need. torchaudio pads ``width`` zeros on the left and
-``width + orig`` zeros on the right and trims the result to ``ceil(len * new / orig)``; the
-streaming version starts with the same left zeros and does the right padding and the
-trimming in ``flush``.
+waveform) and applies it block by block, carrying the input context that the next output
+samples still need. The strided convolution is done as one matrix product of the input
+frames (``steps x kernel``) with the kernel (``kernel x new``) in numpy: the same sums as
+torchaudio's ``conv1d``, without going through torch's intra-op thread pool, which the model
+shares and which stalls small calls for tens of milliseconds on a busy machine.
+
+torchaudio pads ``width`` zeros on the left and ``width + orig`` zeros on the right and trims
+the result to ``ceil(len * new / orig)``; the streaming version starts with the same left
+zeros and does the right padding and the trimming in ``flush``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import numpy as np
 import torch
 import torchaudio
+from numpy.lib.stride_tricks import sliding_window_view
 
 TARGET_RATE = 32000
 
@@ -45,13 +50,15 @@ class StreamingResampler:
         self._orig = self.orig_rate // gcd  # input samples per conv step
         self._new = self.new_rate // gcd  # output samples per conv step
         if self.passthrough:
-            self._kernel = None
+            self._matrix = np.zeros((0, 0), dtype=np.float32)
             self._width = 0
         else:
             transform = torchaudio.transforms.Resample(
                 self.orig_rate, self.new_rate, dtype=torch.float32
             )
-            self._kernel = transform.kernel.detach().clone()  # (new, 1, 2 * width + orig)
+            # torch kernel (new, 1, 2 * width + orig) -> matrix (2 * width + orig, new)
+            kernel = transform.kernel.detach()[:, 0, :].numpy()
+            self._matrix = np.ascontiguousarray(kernel.T, dtype=np.float32)
             self._width = int(transform.width)
         self.reset()
 
@@ -107,10 +114,9 @@ class StreamingResampler:
             return np.zeros(0, dtype=np.float32)
         steps = (len(self._buffer) - size) // self._orig + 1
         used = (steps - 1) * self._orig + size
-        with torch.inference_mode():
-            x = torch.from_numpy(self._buffer[:used])[None, None]
-            y = torch.nn.functional.conv1d(x, self._kernel, stride=self._orig)  # (1, new, steps)
-            out = y[0].transpose(0, 1).reshape(-1).numpy().copy()
+        windows = sliding_window_view(self._buffer[:used], size)[:: self._orig]
+        frames = np.ascontiguousarray(windows)  # (steps, size)
+        out = (frames @ self._matrix).reshape(-1)  # step k gives outputs k*new .. k*new+new-1
         self._buffer = self._buffer[steps * self._orig :].copy()
         self._produced += len(out)
         return out
