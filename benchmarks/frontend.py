@@ -68,9 +68,10 @@ def notes(offline_ours: Row, windowed: Row, call_overhead: float) -> str:
 Why the 100x per-second target against (c) is not met: it allows {allowed:.2f} µs per 10 ms hop.
 In this run one frame costs {ours_per_frame:.2f} µs inside the kernel (offline row: a 512-point
 complex FFT, windowing, power spectrum, sparse mel, log) and a push from Python adds
-{call_overhead:.2f} µs (a push of 0 samples: argument checks, output allocation, numba dispatch). (c) is not slow per
-frame - batched MKL FFT and matmul, {torch_per_frame:.2f} µs a frame here - only wasteful by its
-10x window overlap, so a 100x win would need frames 10x cheaper than torch's batched ones.
+{call_overhead:.2f} µs (a push of 0 samples: argument checks, output allocation, numba
+dispatch). (c) is not slow per frame - batched MKL FFT and matmul, {torch_per_frame:.2f} µs a
+frame here - only wasteful by its 10x window overlap, so a 100x win would need frames 10x
+cheaper than torch's batched ones.
 
 What the kernels do: float32 pre-emphasis (bitwise the reference's), the 798 non-zero window
 taps read straight from a 1024-sample ring, a Stockham radix-4 FFT of the 512 even/odd-packed
