@@ -84,10 +84,11 @@ def _setup_logging(verbose: bool) -> None:
     import logging
 
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("soundwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @main.command("run")
@@ -175,8 +176,29 @@ def run(
 
     pipeline = run_live(config, on_ready=announce)
     for state in pipeline.streams:
-        counters = vars(state.counters)
+        counters = {**vars(state.source.stats()), **vars(state.counters)}
         click.echo(f"soundwatch: stream {state.id} finished: {counters}", err=True)
+    import threading
+
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    click.echo(f"soundwatch: stopped; threads left: {', '.join(left) or 'none'}", err=True)
+    _exit_now(0)
+
+
+def _exit_now(status: int) -> None:
+    """Exit without the interpreter's slow teardown (seconds for torch's libraries).
+
+    Everything is already closed; terminating the ZeroMQ context first waits (up to the
+    sockets' linger) until the last messages have left.
+    """
+    import os
+
+    import zmq
+
+    zmq.Context.instance().term()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @main.command("tag")

@@ -1,0 +1,235 @@
+"""The live pipeline end to end with real parts: real checkpoint, real files, real ZeroMQ
+sockets on loopback, real subprocesses and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundwatch.client import Subscriber
+from soundwatch.config import Config, SourceConfig, apply_overrides
+from soundwatch.pipeline import Collector, Pipeline
+from soundwatch.runner import Tagger, run_live, tag_file
+from soundwatch.sinks.messages import Status, Tags
+from soundwatch.stream import open_source
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tagger(request: pytest.FixtureRequest) -> Tagger:
+    from conftest import shared_file
+
+    weights = shared_file("models/mn04_as_mAP_432.pt")
+    config = apply_overrides(Config(), {"model.weights": str(weights), "model.threads": 2})
+    return Tagger.from_config(config)
+
+
+def free_endpoint() -> str:
+    import zmq
+
+    socket = zmq.Context.instance().socket(zmq.PUB)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    socket.close(linger=0)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_tag_equals_run_fast_and_live_publishing(tagger: Tagger, shared) -> None:
+    """``tag FILE`` and ``run --source file:FILE --pace fast`` give the same probabilities;
+    every tags message arrives with contiguous seq, and the status reports the run."""
+    speech = shared("audio/clips/speech.wav")
+    offline = tag_file(speech, tagger, window_s=3.0, hop_s=1.0)
+    assert len(offline) == 8  # 10 s: windows at 0..7 s, the last ending at 10 s
+    assert tagger.labels[int(np.argmax(offline[0].probs))] == "Speech"
+
+    endpoint = free_endpoint()
+    config = apply_overrides(
+        Config(),
+        {
+            "sources": [{"id": "talk", "spec": f"file:{speech}"}],
+            "pipeline.pace": "fast",
+            "publish.endpoints": [endpoint],
+            "publish.wait_for_subscribers": 1,
+            "windows.window": 3.0,
+            "windows.hop": 1.0,
+        },
+    )
+    received: list = []
+    with Subscriber(endpoint) as subscriber:
+        reader_done = threading.Event()
+
+        def read() -> None:
+            while (message := subscriber.receive(timeout=30)) is not None:
+                received.append(message)
+                if isinstance(message, Status) and message.counters["windows_tagged"] == 8:
+                    break
+            reader_done.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        pipeline = run_live(config, tagger=tagger, install_signal_handlers=False)
+        reader.join(30)
+    tags = [m for m in received if isinstance(m, Tags)]
+    assert [m.seq for m in tags] == list(range(len(offline)))
+    assert subscriber.gaps == 0
+    for live, ref in zip(tags, offline, strict=True):
+        # Same windows, same model; only the batch composition differs (float rounding).
+        np.testing.assert_allclose(live.probs, ref.probs, atol=1e-6)
+        assert live.t_end - live.t_start == pytest.approx(3.0)
+    assert tags[0].top[0][0] == "Speech"
+    final = [m for m in received if isinstance(m, Status)][-1]
+    assert final.labels == tagger.labels
+    assert final.counters["windows_tagged"] == 8
+    assert final.counters["windows_dropped"] == 0
+    assert final.latency["n"] == 8
+    assert pipeline.streams[0].counters.windows_tagged == 8
+
+
+def test_streams_share_batches_each_with_contiguous_seq(tagger: Tagger, shared) -> None:
+    """Two files and the synthetic source in one pipeline: windows of different streams
+    share forward passes, and every stream's results arrive complete and in order."""
+    paths = [shared("audio/clips/typing.wav"), shared("audio/clips/music.wav")]
+    sources = [open_source(p.stem, f"file:{p}", pace="fast") for p in paths]
+    collector = Collector()
+    pipeline = Pipeline(
+        sources,
+        tagger.worker.infer,
+        [collector],
+        window_s=2.0,
+        hop_s=0.5,
+        fast=lambda _: True,
+    )
+    pipeline.run()
+    by_stream: dict[str, list[int]] = {}
+    for result in collector.results:
+        by_stream.setdefault(result.stream, []).append(result.start_frame)
+    for stream, starts in by_stream.items():
+        assert starts == sorted(starts), stream
+        assert starts[:-1] == list(range(0, 50 * (len(starts) - 1), 50)), stream
+    assert set(by_stream) == {"typing", "music"}
+    assert pipeline.batches.multi_stream_passes > 0
+    assert pipeline.batches.windows == len(collector.results)
+
+
+def test_backpressure_drops_oldest_and_counts(shared) -> None:
+    """A tagger slower than real time: the oldest windows are dropped and counted per
+    stream, the queue never grows past its bound, and the newest windows are tagged."""
+    speech = shared("audio/clips/speech.wav")
+    source = open_source("slow", f"file:{speech}", pace="fast")
+    seen = Collector()
+    peak_queue = 0
+
+    def slow_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal peak_queue
+        peak_queue = max(peak_queue, len(pipeline.queue))
+        time.sleep(0.05)
+        return np.zeros((len(mels), 527), np.float32), np.zeros((len(mels), 8), np.float32)
+
+    pipeline = Pipeline(
+        [source], slow_infer, [seen], window_s=1.0, hop_s=0.1, max_pending_windows=4, max_batch=1
+    )
+    pipeline.run()
+    counters = pipeline.streams[0].counters
+    total_windows = 91  # 1 s windows every 0.1 s over 10 s (1000 frames)
+    assert counters.windows_dropped > 0
+    assert counters.windows_tagged + counters.windows_dropped == total_windows
+    assert peak_queue <= 4
+    assert seen.results[-1].start_frame == 900  # the newest window survives
+
+
+def run_cli_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "soundwatch.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_sigterm_mid_stream_exits_fast_with_final_messages(shared) -> None:
+    """SIGTERM while tagging the synthetic source: exit within 2 s, status 0, the final
+    status message is published, and no thread is left behind."""
+    weights = shared("models/mn04_as_mAP_432.pt")
+    endpoint = free_endpoint()
+    with Subscriber(endpoint) as subscriber:
+        process = run_cli_process(
+            "run",
+            "--source",
+            "demo=synthetic",
+            "--weights",
+            str(weights),
+            "--publish",
+            endpoint,
+            "--window",
+            "1",
+            "--hop",
+            "0.25",
+        )
+        try:
+            tags = 0
+            deadline = time.monotonic() + 60
+            while tags < 3 and time.monotonic() < deadline:
+                message = subscriber.receive(timeout=1)
+                tags += isinstance(message, Tags)
+            assert tags == 3, "no tags from the running pipeline"
+            process.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            process.wait(timeout=10)
+            exit_time = time.monotonic() - sent
+        finally:
+            process.kill()
+        stderr = process.stderr.read()
+        assert process.returncode == 0, stderr
+        assert exit_time < 2.0, f"took {exit_time:.2f} s to exit"
+        assert "threads left: none" in stderr
+        rest = []
+        while (message := subscriber.receive(timeout=0.5)) is not None:
+            rest.append(message)
+        statuses = [m for m in rest if isinstance(m, Status)]
+        assert statuses, "the final status message was not published"
+        assert statuses[-1].stream == "demo"
+
+
+def test_run_jsonl_and_tag_json_agree(shared, tmp_path: Path) -> None:
+    """The CLI: ``tag --json --probs`` and ``run --pace fast --jsonl`` print the same
+    probabilities for a file (one code path)."""
+    weights = shared("models/mn04_as_mAP_432.pt")
+    clip = shared("audio/clips/metro_station-paris.wav")
+    common = ["--weights", str(weights), "--window", "2", "--hop", "1"]
+    tagged = subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", "tag", str(clip), "--json", "--probs", *common],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    windows = [json.loads(line) for line in tagged.stdout.splitlines()]
+    jsonl = tmp_path / "out.jsonl"
+    ran = subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", "run", "--source", f"metro=file:{clip}"]
+        + ["--pace", "fast", "--jsonl", str(jsonl), "--publish", free_endpoint(), *common],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    published = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    tags = [m for m in published if m["kind"] == "tags"]
+    assert len(tags) == len(windows) > 5
+    for window, message in zip(windows, tags, strict=True):
+        np.testing.assert_allclose(window["probs"], message["probs"], atol=2e-6)
+    rail = {"Train", "Rail transport", "Railroad car, train wagon", "Subway, metro, underground"}
+    assert windows[-1]["top"][0][0] in rail  # the train arrives in the clip's last seconds
