@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from soundwatch.client import Subscriber
-from soundwatch.config import Config, SourceConfig, apply_overrides
+from soundwatch.config import Config, apply_overrides
 from soundwatch.pipeline import Collector, Pipeline
 from soundwatch.runner import Tagger, run_live, tag_file
 from soundwatch.sinks.messages import Status, Tags
@@ -218,8 +218,10 @@ def test_run_jsonl_and_tag_json_agree(shared, tmp_path: Path) -> None:
     windows = [json.loads(line) for line in tagged.stdout.splitlines()]
     jsonl = tmp_path / "out.jsonl"
     ran = subprocess.run(
-        [sys.executable, "-m", "soundwatch.cli", "run", "--source", f"metro=file:{clip}"]
-        + ["--pace", "fast", "--jsonl", str(jsonl), "--publish", free_endpoint(), *common],
+        [
+            *(sys.executable, "-m", "soundwatch.cli", "run", "--source", f"metro=file:{clip}"),
+            *("--pace", "fast", "--jsonl", str(jsonl), "--publish", free_endpoint(), *common),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
