@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torchaudio
 from numpy.lib.stride_tricks import sliding_window_view
 
 TARGET_RATE = 32000
@@ -53,6 +51,9 @@ class StreamingResampler:
             self._matrix = np.zeros((0, 0), dtype=np.float32)
             self._width = 0
         else:
+            import torch  # deferred: torch takes seconds to import, passthrough needs none
+            import torchaudio
+
             transform = torchaudio.transforms.Resample(
                 self.orig_rate, self.new_rate, dtype=torch.float32
             )
@@ -126,6 +127,9 @@ def resample_offline(
     samples: np.ndarray, orig_rate: int, new_rate: int = TARGET_RATE
 ) -> np.ndarray:
     """Reference: ``torchaudio.functional.resample`` of a whole mono float32 signal."""
+    import torch
+    import torchaudio
+
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     if orig_rate == new_rate:
         return x.numpy().copy()

@@ -1,0 +1,153 @@
+"""The microphone source through real PortAudio, recording a private PulseAudio daemon.
+
+The ``pulse`` fixture (one daemon for the module) plays what a test feeds through a virtual
+microphone; see ``tests/pulse_harness.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import time
+
+import numpy as np
+import pytest
+from pulse_harness import PulseMicrophone
+
+from soundwatch.errors import SoundwatchError
+from soundwatch.stream import find_input_device, list_input_devices, open_source
+from soundwatch.stream.base import AudioBlock
+from soundwatch.stream.devices import import_sounddevice
+from soundwatch.stream.microphone import MicrophoneSource
+from soundwatch.stream.resample import resample_offline
+
+FEED_RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def pulse():
+    with PulseMicrophone(rate=FEED_RATE) as harness:
+        yield harness
+
+
+def _record(source, seconds: float) -> list[AudioBlock]:
+    blocks = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        block = source.read(0.05)
+        if block is not None:
+            blocks.append(block)
+    return blocks
+
+
+def _chirp(seconds: float, f0: float, f1: float) -> np.ndarray:
+    t = np.arange(int(seconds * FEED_RATE)) / FEED_RATE
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+    return 0.5 * np.sin(phase)
+
+
+def _best_alignment(recorded: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """Lag of ``reference`` inside ``recorded`` and the Pearson correlation there."""
+    n = len(recorded) + len(reference)
+    corr = np.fft.irfft(np.fft.rfft(recorded, n) * np.conj(np.fft.rfft(reference, n)), n)
+    lag = int(np.argmax(corr[: len(recorded) - len(reference) + 1]))
+    segment = recorded[lag : lag + len(reference)]
+    return lag, float(np.corrcoef(segment, reference)[0, 1])
+
+
+def test_records_what_the_virtual_microphone_plays(pulse):
+    chirp = _chirp(1.0, 200.0, 4000.0)
+    tone = 0.5 * np.sin(2 * np.pi * 1000.0 * np.arange(FEED_RATE) / FEED_RATE)
+    source = open_source("mic", f"mic:{pulse.device}?channels=2&rate=48000")
+    assert isinstance(source, MicrophoneSource)
+    assert source.describe()["device"] == "pulse" and source.native_rate == 48000
+    source.start()
+    try:
+        _record(source, 0.3)  # let the stream settle, then play
+        pulse.feed(np.zeros(FEED_RATE // 4))
+        pulse.feed(chirp)
+        pulse.feed(tone)
+        blocks = _record(source, 3.2)
+        stats = source.stats()
+    finally:
+        source.stop()
+    source.stop()  # idempotent
+    recorded = np.concatenate([b.samples for b in blocks])
+    reference = resample_offline(chirp.astype(np.float32), FEED_RATE)
+    lag, correlation = _best_alignment(recorded, reference)
+    print(f"chirp correlation {correlation:.4f} at lag {lag}")
+    assert correlation > 0.9, f"recording does not match the fed chirp (r={correlation:.3f})"
+    tone_part = recorded[lag + len(reference) + 3200 : lag + len(reference) + 3200 + 16000]
+    assert len(tone_part) == 16000
+    peak_hz = np.argmax(np.abs(np.fft.rfft(tone_part))) * 32000 / len(tone_part)
+    assert abs(peak_hz - 1000.0) <= 4
+    assert stats.overflows == 0 and stats.overruns == 0 and stats.dropped_samples == 0
+    assert stats.gaps == 0 and stats.restarts == 0
+    assert stats.samples_in > 3.0 * 48000
+    for a, b in itertools.pairwise(blocks):
+        assert b.t_start == pytest.approx(a.t_end, abs=1e-5)  # contiguous and monotonic
+        assert b.t_ingest >= a.t_ingest
+    assert abs(blocks[-1].t_end - time.time()) < 1.0  # stamped with the capture (Unix) clock
+    assert all(b.samples.dtype == np.float32 and b.samples.flags.c_contiguous for b in blocks)
+
+
+def test_device_loss_is_survived_with_a_counted_restart(pulse, caplog):
+    source = open_source("mic", f"mic:{pulse.device}")
+    source.start()
+    try:
+        before = _record(source, 0.5)
+        assert before
+        with caplog.at_level("WARNING", logger="soundwatch.stream.microphone"):
+            pulse.kill_daemon()
+            _record(source, 0.8)
+            pulse.restart_daemon()
+            deadline = time.monotonic() + 15
+            while source.stats().restarts < 1 and time.monotonic() < deadline:
+                source.read(0.05)
+            assert source.stats().restarts >= 1, pulse.log_tail()
+            tone = 0.5 * np.sin(2 * np.pi * 1500.0 * np.arange(FEED_RATE) / FEED_RATE)
+            _record(source, 0.3)
+            pulse.feed(tone)
+            after = _record(source, 1.8)
+        stats = source.stats()
+    finally:
+        source.stop()
+    assert "'pulse'" in caplog.text and "lost" in caplog.text
+    assert stats.gaps >= 1
+    assert after and after[0].t_start > before[-1].t_end
+    recorded = np.concatenate([b.samples for b in after])
+    spectrum = np.abs(np.fft.rfft(recorded))
+    assert abs(np.argmax(spectrum) * 32000 / len(recorded) - 1500.0) <= 4
+
+
+def test_devices_are_listed_and_found_by_index_or_name_part(pulse):
+    devices = list_input_devices()
+    names = [d.name for d in devices]
+    assert "pulse" in names
+    pulse_device = next(d for d in devices if d.name == "pulse")
+    assert pulse_device.channels >= 1 and pulse_device.default_rate > 0
+    assert find_input_device("PULS") == pulse_device
+    assert find_input_device(pulse_device.index) == pulse_device
+    assert find_input_device(str(pulse_device.index)) == pulse_device
+    with pytest.raises(SoundwatchError, match=r"(?s)no input device matches 'no such mic'.*pulse"):
+        open_source("mic", "mic:no such mic")
+    with pytest.raises(SoundwatchError, match="no input device with index 999"):
+        find_input_device(999)
+    with pytest.raises(SoundwatchError, match="cannot record 64"):
+        MicrophoneSource("mic", "pulse", channels=64)
+
+
+def test_missing_portaudio_is_explained(monkeypatch):
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "sounddevice")
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(SoundwatchError, match="apt-get install libportaudio2"):
+        import_sounddevice()
+    with pytest.raises(SoundwatchError, match="libportaudio2"):
+        list_input_devices()
