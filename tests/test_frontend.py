@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import soundwatch.dsp as dsp
-from soundwatch.dsp.kernels import log_positive
+from soundwatch.dsp.kernels import log_positive, refresh_stale_cache
 from soundwatch.dsp.melbank import kaldi_mel_banks, mel_segments
 from soundwatch.errors import SoundwatchError
 
@@ -350,3 +350,8 @@ def test_vectorised_log_matches_numpy() -> None:
 
 def test_warmup_reports_its_time() -> None:
     assert dsp.warmup() >= 0.0
+
+
+def test_compiled_kernels_use_the_current_tables() -> None:
+    """numba's cache only watches kernels.py; warmup() checks the tables compiled in."""
+    assert refresh_stale_cache() is False

@@ -408,3 +408,104 @@ def flush_frames_batch(states: np.ndarray, counters: np.ndarray, out: np.ndarray
     """``flush_frames`` for ``S`` aligned streams."""
     for s in range(states.shape[0]):
         flush_frames(states[s], counters[s], out[s], 0)
+
+
+# --- numba's on-disk cache and the tables ----------------------------------------------
+# numba keys its cache on this file only, but the kernels freeze the tables of tables.py
+# (and the mel filterbank of melbank.py) into the compiled code. A checksum compiled into a
+# kernel of its own tells whether the cached code was built from the current tables.
+
+_CHECKED_TABLES = (
+    WINDOW_TAPS,
+    TWIDDLE1_RE,
+    TWIDDLE1_IM,
+    TWIDDLE2_RE,
+    TWIDDLE2_IM,
+    TWIDDLE3_RE,
+    TWIDDLE3_IM,
+    SPLIT_COS,
+    SPLIT_SIN,
+    MEL_FRACTION,
+)
+_CHECKED_SCALARS = np.array([PREEMPHASIS, LOG_OFFSET, NORM_SHIFT, NORM_SCALE], dtype=np.float64)
+_CHECKED_INTEGERS = np.concatenate(
+    [
+        MEL_BOUNDS,
+        FFT_PASS_LENGTH,
+        FFT_PASS_STRIDE,
+        FFT_TWIDDLE_OFFSET,
+        np.array([HOP, N_MELS, N_BINS, FRAME_SPAN, FRAME_BACK], dtype=np.int64),
+        np.array([RING_SIZE, MEL_BINS_USED, FFT_RADIX2_STRIDE], dtype=np.int64),
+    ]
+)
+
+
+def _checksum_numpy() -> int:
+    total = np.int64(0)
+    with np.errstate(over="ignore"):
+        for j, table in enumerate((*_CHECKED_TABLES, _CHECKED_SCALARS, _CHECKED_INTEGERS)):
+            bits = table.view(np.int64)
+            weights = np.arange(1, bits.shape[0] + 1, dtype=np.int64) + np.int64(j)
+            total += np.sum(bits * weights)
+    return int(total)
+
+
+@nb.njit(**_JIT)
+def _checksum_bits(bits: np.ndarray, j: int) -> np.int64:
+    total = np.int64(0)
+    for i in range(bits.shape[0]):
+        total += bits[i] * np.int64(i + 1 + j)
+    return total
+
+
+@nb.njit(**_JIT)
+def _checksum_compiled() -> int:
+    total = np.int64(0)
+    total += _checksum_bits(WINDOW_TAPS.view(np.int64), 0)
+    total += _checksum_bits(TWIDDLE1_RE.view(np.int64), 1)
+    total += _checksum_bits(TWIDDLE1_IM.view(np.int64), 2)
+    total += _checksum_bits(TWIDDLE2_RE.view(np.int64), 3)
+    total += _checksum_bits(TWIDDLE2_IM.view(np.int64), 4)
+    total += _checksum_bits(TWIDDLE3_RE.view(np.int64), 5)
+    total += _checksum_bits(TWIDDLE3_IM.view(np.int64), 6)
+    total += _checksum_bits(SPLIT_COS.view(np.int64), 7)
+    total += _checksum_bits(SPLIT_SIN.view(np.int64), 8)
+    total += _checksum_bits(MEL_FRACTION.view(np.int64), 9)
+    total += _checksum_bits(_CHECKED_SCALARS.view(np.int64), 10)
+    total += _checksum_bits(_CHECKED_INTEGERS, 11)
+    return total
+
+
+# Every kernel, callees before callers (a caller links the code of its callees).
+_KERNELS = (
+    reflect_index,
+    _radix4_pass,
+    _radix2_last_pass,
+    fft_half,
+    log_positive,
+    compute_frame,
+    push_samples,
+    flush_frames,
+    push_samples_batch,
+    flush_frames_batch,
+    _checksum_bits,
+    _checksum_compiled,
+)
+
+
+def refresh_stale_cache() -> bool:
+    """Recompile the kernels if numba's on-disk cache was built from other tables.
+
+    Returns True when it had to (e.g. after an edit of ``tables.py`` or ``melbank.py``,
+    which numba's cache does not notice). Called by ``soundwatch.dsp.warmup()``.
+    """
+    if int(_checksum_compiled()) == _checksum_numpy():
+        return False
+    for kernel in _KERNELS:
+        kernel._cache.flush()  # drop the stale cache files so nothing reloads them
+    for kernel in _KERNELS:
+        if kernel.signatures:
+            kernel.recompile()
+    if int(_checksum_compiled()) != _checksum_numpy():
+        raise RuntimeError("numba kernels still disagree with the frontend tables")
+    return True

@@ -20,6 +20,7 @@ from soundwatch.dsp.kernels import (
     STATE_SIZE,
     flush_frames,
     push_samples,
+    refresh_stale_cache,
 )
 from soundwatch.dsp.streaming import StreamingLogMel, StreamingLogMelBatch
 from soundwatch.dsp.tables import HOP, N_MELS, RING_SIZE, frames_for_samples
@@ -66,9 +67,12 @@ def logmel(wave: np.ndarray) -> np.ndarray:
 def warmup() -> float:
     """Compile (or load from numba's on-disk cache) every frontend kernel; returns seconds.
 
-    Call once at start-up, before audio arrives, so no push pays the JIT compile.
+    Call once at start-up, before audio arrives, so no push pays the JIT compile. It also
+    recompiles cached kernels that were built from other tables (numba's cache only watches
+    ``kernels.py``).
     """
     start = time.perf_counter()
+    refresh_stale_cache()
     wave = np.zeros(RING_SIZE + 4 * HOP, dtype=np.float32)  # start, middle and end frames
     logmel(wave)
     stream = StreamingLogMel()

@@ -46,13 +46,20 @@ def hann_symmetric_float32(length: int) -> np.ndarray:
 # zero, so a frame reads only the 798 samples under the inner taps. With ``center=True`` the
 # frame ``t`` window starts at padded index ``t*HOP + (N_FFT - WIN_LENGTH)//2``, i.e. at
 # pre-emphasised index ``t*HOP - WIN_LENGTH//2``; the first inner tap is one later.
-WINDOW_TAPS = np.ascontiguousarray(hann_symmetric_float32(WIN_LENGTH)[1:-1], dtype=np.float64)
+_HANN = hann_symmetric_float32(WIN_LENGTH)
+if _HANN[0] != 0.0 or _HANN[-1] != 0.0:
+    raise ImportError("the window's end taps must be exactly zero to be skipped")
+WINDOW_TAPS = np.ascontiguousarray(_HANN[1:-1], dtype=np.float64)
 FRAME_SPAN = WINDOW_TAPS.shape[0]  # 798
 FRAME_BACK = WIN_LENGTH // 2 - 1  # 399: frame t reads e[t*HOP - 399 : t*HOP + 399]
 
 RING_SIZE = 1024
-"""Pre-emphasised samples a stream keeps (a power of two > FRAME_SPAN + HOP)."""
+"""Pre-emphasised samples a stream keeps. A frame is computed when at most FRAME_SPAN + 1
+samples lie between its first sample and the newest one, so the ring needs more than that;
+a power of two so that ``i & RING_MASK`` indexes it."""
 RING_MASK = RING_SIZE - 1
+if RING_SIZE & RING_MASK or RING_SIZE < FRAME_SPAN + 2:
+    raise ImportError("RING_SIZE must be a power of two larger than a frame")
 
 # Real FFT of N_FFT points as a complex FFT of N_FFT/2 points on (even + i*odd) samples,
 # computed by a self-sorting (Stockham) decimation-in-frequency FFT: radix-4 passes while 4
