@@ -151,3 +151,32 @@ def test_missing_portaudio_is_explained(monkeypatch):
         import_sounddevice()
     with pytest.raises(SoundwatchError, match="libportaudio2"):
         list_input_devices()
+
+
+def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
+    """Drive the real callback with PortAudio-shaped time info (no stream needed)."""
+    from types import SimpleNamespace
+
+    source = MicrophoneSource("mic", "pulse", samplerate=48000, blocksize=480)
+    ok = SimpleNamespace(input_overflow=False)
+    frames = np.zeros((480, 1), dtype=np.float32)
+    t0 = time.time() - 1.07  # the simulated timeline below ends about now
+    adc = t0
+    for _ in range(5):  # regular callbacks, slightly jittered ADC times
+        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc + 0.001), ok)
+        adc += 0.01
+    adc += 1.0  # one second of audio never arrived
+    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc), ok)
+    adc += 0.01
+    overflow = SimpleNamespace(input_overflow=True)
+    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc + 0.003), overflow)
+    # no ADC time: time.time() is used and agrees with the frame counter, so no new gap
+    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=0.0), ok)
+    stats = source.stats()
+    assert (stats.overflows, stats.gaps, stats.samples_in) == (1, 2, 8 * 480)
+    starts = []
+    while (block := source.read(0)) is not None:
+        starts.append((block.t_start, block.t_end))
+    assert starts[0][0] == pytest.approx(t0 + 0.001, abs=1e-9)  # first callback anchors
+    assert any(s == pytest.approx(t0 + 1.050, abs=1e-6) for s, _ in starts)  # after the jump
+    assert any(s == pytest.approx(t0 + 1.063, abs=1e-6) for s, _ in starts)  # after overflow
