@@ -173,7 +173,7 @@ def test_mel_segments_equal_dense_filterbank(n_mels: int, fmin: float, fmax: flo
 chunk_size = st.one_of(st.integers(1, 4), st.integers(1, 400), st.integers(1, 20000))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(2, 30000),
     seed=st.integers(0, 2**16),
