@@ -80,6 +80,7 @@ def test_fast_mode_equals_read_audio_file_and_torchaudio(tmp_path, name, rate, c
     exact = np.concatenate([b.samples for b in _drain(default)])
     np.testing.assert_array_equal(exact, samples)
     assert default.read(0.01) is None and default.ended
+    assert default.stats().samples_in == int(rate * 1.3)
 
 
 def test_fast_mode_timestamps_follow_the_sample_offset(tmp_path):

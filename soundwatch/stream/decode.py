@@ -7,7 +7,7 @@ fast mode returns its blocks one by one, so both give bit-identical samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +63,22 @@ def iter_native_blocks(
 
 
 def iter_resampled(
-    path: str | Path, *, loop: bool = False, block_frames: int = DECODE_BLOCK_FRAMES
+    path: str | Path,
+    *,
+    loop: bool = False,
+    block_frames: int = DECODE_BLOCK_FRAMES,
+    on_decoded: Callable[[int], None] | None = None,
 ) -> Iterator[np.ndarray]:
-    """32 kHz mono float32 blocks of the file (never empty); ends with the resampler's tail."""
+    """32 kHz mono float32 blocks of the file (never empty); ends with the resampler's tail.
+
+    ``on_decoded(n)`` is called with the number of native frames of each decoded block.
+    """
     with open_sound_file(path) as audio:
         rate = audio.samplerate
     resampler = StreamingResampler(rate, TARGET_RATE)
     for block in iter_native_blocks(path, loop=loop, block_frames=block_frames):
+        if on_decoded is not None:
+            on_decoded(len(block))
         out = resampler.process(block)
         if len(out):
             yield out

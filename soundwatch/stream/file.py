@@ -66,7 +66,9 @@ class FileSource(Source):
     def start(self) -> None:
         if self._blocks is not None:
             return
-        self._blocks = iter_resampled(self.path, loop=self.loop, block_frames=self._block_frames)
+        self._blocks = iter_resampled(
+            self.path, loop=self.loop, block_frames=self._block_frames, on_decoded=self._count
+        )
         self._t_open = time.time()
         self._t_mono = time.monotonic()
 
@@ -95,6 +97,9 @@ class FileSource(Source):
             "duration": self.frames / self.native_rate if self.native_rate else 0.0,
         }
 
+    def _count(self, frames: int) -> None:
+        self._decoded_native += frames
+
     def _decode_next(self) -> bool:
         """Append the next decoded block to ``_pending``; False at the end of the file."""
         if self._exhausted:
@@ -106,9 +111,6 @@ class FileSource(Source):
         except StopIteration:
             self._exhausted = True
             return False
-        self._decoded_native = round(
-            (self._released + len(self._pending) + len(block)) * self.native_rate / TARGET_RATE
-        )
         self._pending = np.concatenate((self._pending, block)) if len(self._pending) else block
         return True
 

@@ -1,8 +1,10 @@
 """A synthetic demo source: a repeating programme of recognisable sounds, made in code.
 
-The programme cycles through segments, each a few seconds long: beeps (a sine tone switched
-on and off), a siren (a wailing frequency sweep), bursts of white noise, clicks (a tick
-train) and near-silence. Every segment's parameters come from ``numpy.random.default_rng
+The programme cycles through segments, each a few seconds long: smoke-alarm beeps, a siren
+(wail, yelp or hi-lo, with harmonics), bursts of white noise, a whistle and near-silence.
+On a whole segment, the EfficientAT ``mn04`` tagger ranks these among its top 3 classes
+(checked for seeds 0-3): "Smoke detector, smoke alarm" / "Beep, bleep", "Siren", "Static" /
+"White noise", "Whistle", "Silence". Every segment's parameters come from ``numpy.random.default_rng
 ([seed, segment index])``, and a segment is rendered whole before being cut, so the output
 is identical for a given seed whatever the read sizes. Generated directly at 32 kHz.
 """
@@ -22,37 +24,49 @@ from soundwatch.stream.resample import TARGET_RATE
 RATE = TARGET_RATE
 
 
+def _harmonic(phase: np.ndarray, harmonics: int = 6) -> np.ndarray:
+    """A bright, sawtooth-like tone: real alarms are not pure sines."""
+    return sum(np.sin(k * phase) / k for k in range(1, harmonics + 1)) / 1.5
+
+
 def _beeps(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smoke-alarm style beeps: a 3-3.4 kHz tone, a quarter second on and off."""
     t = np.arange(n) / RATE
-    freq = rng.choice([880.0, 1000.0, 1500.0, 2000.0])
-    period = rng.uniform(0.3, 0.6)
+    freq = rng.uniform(3000.0, 3400.0)
+    period = rng.uniform(0.4, 0.6)
     on = (t % period) < period / 2
-    return (0.3 * np.sin(2 * np.pi * freq * t) * on).astype(np.float32)
+    return (0.4 * np.sin(2 * np.pi * freq * t) * on).astype(np.float32)
 
 
 def _siren(rng: np.random.Generator, n: int) -> np.ndarray:
+    """An emergency siren: slow wail, fast yelp or two-tone hi-lo, with harmonics."""
     t = np.arange(n) / RATE
-    low, high = rng.uniform(500, 800), rng.uniform(1200, 1700)
-    rate = rng.uniform(0.2, 0.5)  # wail cycles per second
-    freq = low + (high - low) * 0.5 * (1 - np.cos(2 * np.pi * rate * t))
+    style = rng.integers(3)
+    if style == 0:  # wail
+        low, high = rng.uniform(550, 700), rng.uniform(1300, 1600)
+        freq = low + (high - low) * 0.5 * (1 - np.cos(2 * np.pi * rng.uniform(0.2, 0.3) * t))
+    elif style == 1:  # yelp
+        rate = rng.uniform(2.5, 3.5)
+        freq = 700 + 700 * ((t * rate) % 1)
+    else:  # hi-lo
+        freq = np.where((t % 1.0) < 0.5, 960.0, 770.0)
     phase = 2 * np.pi * np.cumsum(freq) / RATE
-    return (0.3 * np.sin(phase)).astype(np.float32)
+    return (0.3 * _harmonic(phase)).astype(np.float32)
 
 
 def _noise_bursts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """White noise switched on and off (static)."""
     t = np.arange(n) / RATE
-    burst = rng.uniform(0.3, 0.8)
+    burst = rng.uniform(0.4, 0.8)
     gate = (t % (2 * burst)) < burst
     return (0.2 * rng.standard_normal(n) * gate).astype(np.float32)
 
 
-def _clicks(rng: np.random.Generator, n: int) -> np.ndarray:
-    out = np.zeros(n, dtype=np.float32)
-    interval = int(rng.uniform(0.15, 0.4) * RATE)
-    click = (np.exp(-np.arange(64) / 8.0) * np.sign(np.sin(np.arange(64)))).astype(np.float32)
-    for start in range(0, n - len(click), interval):
-        out[start : start + len(click)] += 0.6 * click
-    return out
+def _whistle(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A whistle: a 2.5-2.8 kHz tone with a 200 Hz, ~6 Hz vibrato."""
+    t = np.arange(n) / RATE
+    freq = rng.uniform(2500, 2800) + 200 * np.sin(2 * np.pi * rng.uniform(5.5, 6.5) * t)
+    return (0.3 * np.sin(2 * np.pi * np.cumsum(freq) / RATE)).astype(np.float32)
 
 
 def _quiet(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -64,7 +78,7 @@ PROGRAMME: tuple[tuple[str, float, Callable[[np.random.Generator, int], np.ndarr
     ("beeps", 4.0, _beeps),
     ("siren", 5.0, _siren),
     ("noise bursts", 3.0, _noise_bursts),
-    ("clicks", 3.0, _clicks),
+    ("whistle", 3.0, _whistle),
     ("quiet", 2.0, _quiet),
 )
 
