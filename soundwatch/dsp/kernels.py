@@ -5,11 +5,13 @@ the window taps are the reference's float32 values; windowing, FFT, power, mel a
 in float64 and the result is stored as float32. A stream's state is a few small
 preallocated arrays (owned by ``StreamingLogMel`` in ``streaming.py``):
 
-- ``state``: float64 ``[STATE_SIZE]``: the ring of the last ``RING_SIZE`` pre-emphasised
-  samples (sample ``i`` at ``i & RING_MASK``), the work buffer (FFT real/imaginary parts,
-  power spectrum) and the previous raw sample (pre-emphasis memory);
+- ``state``: float32 ``[STATE_SIZE]``: the ring of the last ``RING_SIZE`` pre-emphasised
+  samples (sample ``i`` at ``i & RING_MASK``; they are float32 values) and the previous raw
+  sample (pre-emphasis memory);
 - ``counters``: int64 ``[4]`` = samples pushed, pre-emphasised samples, frames emitted,
-  non-finite samples replaced by zero.
+  non-finite samples replaced by zero;
+- ``work``: float64 ``[WORK_SIZE]`` scratch (FFT buffers, power spectrum, mel energies),
+  which any number of streams processed one after another can share.
 
 Frame ``t`` reads pre-emphasised samples ``t*HOP - 399 .. t*HOP + 398`` (the 798 non-zero
 taps of the centred 800-sample Hann window). Indices outside ``[0, m)`` are mirrored like
@@ -70,11 +72,8 @@ _MEL = _POWER + N_BINS
 _MANTISSA = _MEL + N_MELS
 _LOG = _MANTISSA + N_MELS
 WORK_SIZE = _LOG + N_MELS
-# A stream's float64 state: the ring of pre-emphasised samples, the work buffer, the last
-# raw sample (pre-emphasis memory).
-_RING = 0
-_WORK = RING_SIZE
-_LAST = _WORK + WORK_SIZE
+# A stream's float32 state: the ring of pre-emphasised samples, then the last raw sample.
+_LAST = RING_SIZE
 STATE_SIZE = _LAST + 1
 N_COUNTERS = 4
 C_SAMPLES, C_PRE, C_FRAMES, C_NONFINITE = 0, 1, 2, 3
@@ -322,7 +321,12 @@ def compute_frame(
 
 @nb.njit(**_JIT)
 def push_samples(
-    chunk: np.ndarray, state: np.ndarray, counters: np.ndarray, out: np.ndarray, first_col: int
+    chunk: np.ndarray,
+    state: np.ndarray,
+    counters: np.ndarray,
+    work: np.ndarray,
+    out: np.ndarray,
+    first_col: int,
 ) -> int:
     """Feed ``chunk`` (float32) into one stream; frames it completes go to ``out[:, first_col:]``.
 
@@ -330,13 +334,12 @@ def push_samples(
     overflows float32). ``out`` must have room for ``frames_ready(samples_after) -
     frames_before`` columns. Returns the number of frames written.
     """
-    ring = state[_RING:_WORK]
-    work = state[_WORK:_LAST]
+    ring = state[:_LAST]
     n = counters[C_SAMPLES]
     m = counters[C_PRE]
     t = counters[C_FRAMES]
     bad = counters[C_NONFINITE]
-    prev = np.float32(state[_LAST])
+    prev = state[_LAST]
     length = chunk.shape[0]
     i = 0
     if n == 0 and length > 0:  # the very first sample only primes the pre-emphasis
@@ -376,13 +379,14 @@ def push_samples(
 
 
 @nb.njit(**_JIT)
-def flush_frames(state: np.ndarray, counters: np.ndarray, out: np.ndarray, first_col: int) -> int:
+def flush_frames(
+    state: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray, first_col: int
+) -> int:
     """Emit the frames that need the end mirror into ``out[:, first_col:]`` (needs ``m >= 1``).
 
     Returns the number of frames written.
     """
-    ring = state[_RING:_WORK]
-    work = state[_WORK:_LAST]
+    ring = state[:_LAST]
     m = counters[C_PRE]
     t = counters[C_FRAMES]
     col = first_col
@@ -396,18 +400,20 @@ def flush_frames(state: np.ndarray, counters: np.ndarray, out: np.ndarray, first
 
 @nb.njit(**_JIT)
 def push_samples_batch(
-    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, out: np.ndarray
+    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray
 ) -> None:
     """``push_samples`` for ``S`` aligned streams: ``chunks [S, L]`` -> ``out [S, N_MELS, k]``."""
     for s in range(chunks.shape[0]):
-        push_samples(chunks[s], states[s], counters[s], out[s], 0)
+        push_samples(chunks[s], states[s], counters[s], work, out[s], 0)
 
 
 @nb.njit(**_JIT)
-def flush_frames_batch(states: np.ndarray, counters: np.ndarray, out: np.ndarray) -> None:
+def flush_frames_batch(
+    states: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray
+) -> None:
     """``flush_frames`` for ``S`` aligned streams."""
     for s in range(states.shape[0]):
-        flush_frames(states[s], counters[s], out[s], 0)
+        flush_frames(states[s], counters[s], work, out[s], 0)
 
 
 # --- numba's on-disk cache and the tables ----------------------------------------------

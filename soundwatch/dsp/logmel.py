@@ -18,6 +18,7 @@ from soundwatch.dsp.kernels import (
     C_NONFINITE,
     N_COUNTERS,
     STATE_SIZE,
+    WORK_SIZE,
     flush_frames,
     push_samples,
     refresh_stale_cache,
@@ -49,11 +50,12 @@ def logmel(wave: np.ndarray) -> np.ndarray:
         raise SoundwatchError(
             f"wave has {n} sample(s); the log-mel needs at least 2 (pre-emphasis drops one)"
         )
-    state = np.zeros(STATE_SIZE, dtype=np.float64)
+    state = np.zeros(STATE_SIZE, dtype=np.float32)
     counters = np.zeros(N_COUNTERS, dtype=np.int64)
+    work = np.zeros(WORK_SIZE, dtype=np.float64)
     out = np.empty((N_MELS, frames_for_samples(n)), dtype=np.float32)
-    written = push_samples(samples, state, counters, out, 0)
-    written += flush_frames(state, counters, out, written)
+    written = push_samples(samples, state, counters, work, out, 0)
+    written += flush_frames(state, counters, work, out, written)
     if written != out.shape[1]:  # an internal invariant, not user input
         raise AssertionError(f"log-mel wrote {written} of {out.shape[1]} frames")
     bad = int(counters[C_NONFINITE])
