@@ -58,18 +58,17 @@ def bench_call_overhead(runs: int) -> float:
     return median_seconds(run, runs) * 1e6
 
 
-def notes(offline_ours: Row, windowed: Row, call_overhead: float) -> str:
+def notes(single: Row, windowed: Row, call_overhead: float) -> str:
     """Why the per-second target is out of reach, from this run's numbers."""
-    frames_per_window = 10 * HOPS_PER_SECOND
-    ours_per_frame = offline_ours.us_per_stream_hop
-    torch_per_frame = windowed.us_per_call / frames_per_window
     allowed = windowed.us_per_audio_second / 100 / HOPS_PER_SECOND
+    torch_per_frame = windowed.us_per_call / (10 * HOPS_PER_SECOND)
+    push = single.us_per_stream_hop
     return f"""\
 Why the 100x per-second target against (c) is not met: it allows {allowed:.2f} µs per 10 ms hop.
-In this run one frame costs {ours_per_frame:.2f} µs inside the kernel (offline row: a 512-point
-complex FFT, windowing, power spectrum, sparse mel, log) and a push from Python adds
-{call_overhead:.2f} µs (a push of 0 samples: argument checks, output allocation, numba
-dispatch). (c) is not slow per frame - batched MKL FFT and matmul, {torch_per_frame:.2f} µs a
+A one-stream push costs {push:.2f} µs in this run, {call_overhead:.2f} µs of which
+any push from Python costs (a push of 0 samples: argument checks, output allocation, numba
+dispatch); the rest is the frame (a 512-point complex FFT, windowing, power spectrum, sparse
+mel, log). (c) is not slow per frame - batched MKL FFT and matmul, {torch_per_frame:.2f} µs a
 frame here - only wasteful by its 10x window overlap, so a 100x win would need frames 10x
 cheaper than torch's batched ones.
 
@@ -79,8 +78,9 @@ points, the real-spectrum split only up to bin 480 (the last any mel filter uses
 filterbank applied as complementary triangle halves (one pass over 480 bins instead of a
 128 x 513 matmul) and a vectorised log. Measured and dropped on the way: a radix-2 FFT (3x
 slower), looping over the FFT plan at run time instead of spelling out its passes (3x slower),
-one sparse dot product per filter (2x slower than the triangle halves), and spreading the
-batch over the 2 cores with `prange` (2.5-10x slower than one thread on this shared machine).
+one sparse dot product per filter (2x slower than the triangle halves), spreading the
+batch over the 2 cores with `prange` (2.5-10x slower than one thread on this shared machine),
+and an FFT vectorised across the batch's streams (streams innermost: 3x slower per frame).
 """
 
 
@@ -382,7 +382,7 @@ def main() -> int:
             f"- `soundwatch.dsp.warmup()` took {compile_seconds:.2f} s in this run (numba "
             "on-disk cache load; a cold compile takes about 15-20 s).",
             "",
-            notes(offline[0], windowed, bench_call_overhead(args.runs)),
+            notes(single, windowed, bench_call_overhead(args.runs)),
         ]
     )
     print(text)
