@@ -178,6 +178,12 @@ def run(
     for state in pipeline.streams:
         counters = {**vars(state.source.stats()), **vars(state.counters)}
         click.echo(f"soundwatch: stream {state.id} finished: {counters}", err=True)
+    batches = pipeline.batches
+    click.echo(
+        f"soundwatch: {batches.windows} windows in {batches.forward_passes} forward passes; "
+        f"multi-stream passes: {batches.multi_stream_passes}",
+        err=True,
+    )
     import threading
 
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]

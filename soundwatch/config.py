@@ -44,7 +44,7 @@ class SourceConfig(_Strict):
     spec: str = Field(description="mic | mic:DEVICE | file:PATH | pcm:- | synthetic | auto")
     channels: int | None = Field(default=None, ge=1, le=64)
     samplerate: int | None = Field(default=None, ge=8000, le=384000)
-    blocksize: int = Field(default=0, ge=0, le=65536)
+    blocksize: int | None = Field(default=None, ge=16, le=65536)
     loop: bool = False
 
     @field_validator("id")

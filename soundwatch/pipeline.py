@@ -35,7 +35,7 @@ from soundwatch.stream import AudioBlock, Source
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 32000
-RESYNC_TOLERANCE_S = 0.25  # a block this far from where the stream's clock expects it is a gap
+RESYNC_TOLERANCE_S = 0.02  # a block this far (s) from where the stream clock expects it: a gap
 
 
 @dataclass

@@ -165,6 +165,9 @@ def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
     for _ in range(5):  # regular callbacks, slightly jittered ADC times
         source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc + 0.001), ok)
         adc += 0.01
+    # a burst: the sound server hands over buffered audio stamped 0.8 s early; nothing lost
+    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc - 0.8), ok)
+    adc += 0.01
     adc += 1.0  # one second of audio never arrived
     source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc), ok)
     adc += 0.01
@@ -173,10 +176,10 @@ def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
     # no ADC time: time.time() is used and agrees with the frame counter, so no new gap
     source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=0.0), ok)
     stats = source.stats()
-    assert (stats.overflows, stats.gaps, stats.samples_in) == (1, 2, 8 * 480)
+    assert (stats.overflows, stats.gaps, stats.samples_in) == (1, 2, 9 * 480)
     starts = []
     while (block := source.read(0)) is not None:
         starts.append((block.t_start, block.t_end))
     assert starts[0][0] == pytest.approx(t0 + 0.001, abs=1e-9)  # first callback anchors
-    assert any(s == pytest.approx(t0 + 1.050, abs=1e-6) for s, _ in starts)  # after the jump
-    assert any(s == pytest.approx(t0 + 1.063, abs=1e-6) for s, _ in starts)  # after overflow
+    assert any(s == pytest.approx(t0 + 1.060, abs=1e-6) for s, _ in starts)  # after the jump
+    assert any(s == pytest.approx(t0 + 1.073, abs=1e-6) for s, _ in starts)  # after overflow
