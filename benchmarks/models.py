@@ -16,10 +16,16 @@ are checked against torch on the benchmark input.
 
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads spin while they wait for work; on a machine shared with other jobs
+# two spinning threads cost 10x (measured: mn04, 1 s window, 19 ms with 1 thread, 240 ms
+# with 2). Passive waiting must be chosen before torch loads OpenMP, i.e. before its import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import hashlib
-import os
 import platform
 import re
 import statistics
@@ -178,6 +184,46 @@ def summary(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def geo_mean_speedup(cells: list[Cell], variant: str) -> float:
+    ratios = [c.ms_per_window(BASELINE) / c.ms_per_window(variant) for c in cells]
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+
+
+def notes(cells: list[Cell]) -> str:
+    """What the table says, from this run's numbers."""
+    mn = [c for c in cells if c.model.startswith("mn")]
+    dymn = [c for c in cells if c.model.startswith("dymn")]
+    lines = []
+    if mn:
+        lines.append(
+            f"- MobileNets (`mn*`): ONNX Runtime is {geo_mean_speedup(mn, 'onnx'):.1f}x faster "
+            f"than eager torch (geometric mean over their cells; it folds batch norms into the "
+            f"convolutions and fuses activations), channels_last "
+            f"{geo_mean_speedup(mn, 'channels_last'):.1f}x. The torch CPU worker therefore "
+            "runs MobileNets in channels_last by default."
+        )
+    if dymn:
+        single = geo_mean_speedup([c for c in dymn if c.batch == 1], "onnx")
+        batched = geo_mean_speedup([c for c in dymn if c.batch > 1], "onnx")
+        nhwc = geo_mean_speedup(dymn, "channels_last")
+        lines.append(
+            f"- Dynamic MobileNets (`dymn*`): ONNX Runtime is {single:.1f}x "
+            f"eager for single windows but {batched:.1f}x for batches "
+            "of 8 and 32: to export with a dynamic batch, each dynamic depthwise conv runs its "
+            "4 candidate kernels and mixes the outputs (4x the work) instead of one grouped conv "
+            f"with a kernel per example. channels_last: {nhwc:.1f}x "
+            "(their per-example convolutions reshape the activations, which undoes the layout), "
+            "so DyMN stays in the default layout."
+        )
+    lines.append(
+        "- Two torch threads only help when the cores are otherwise idle. With OpenMP's default "
+        "active waiting, two threads on this shared 2-core machine took 240 ms instead of 19 ms "
+        "for one mn04 window (1 s); this benchmark sets `OMP_WAIT_POLICY=PASSIVE` before torch "
+        "loads, and live runs on busy machines should do the same or use 1 thread."
+    )
+    return "\n".join(lines)
+
+
 def write_docs(text: str) -> None:
     content = DOCS.read_text()
     pattern = re.compile(r"(## Models\n)(.*?)(?=\n## |\Z)", re.S)
@@ -239,17 +285,20 @@ call), divided by the batch size; "vs eager" is the speed-up against **eager flo
 baseline) in the same cell. channels_last: the torch model and input in NHWC memory format.
 ONNX Runtime: the model exported by `soundwatch.models.onnx_backend` (dynamo exporter, dynamic
 batch and time), CPU execution provider, `intra_op_num_threads` = threads. torch threads via
-`torch.set_num_threads`.
+`torch.set_num_threads`, with `OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY")}` (see below).
 
 Machine: {machine()}; 1-minute load average {load_before:.1f} before and {load_after:.1f} after
 (other jobs share these cores, so single cells are noisy; compare within a row). Benchmark
-time {elapsed / 60:.1f} min; ONNX export (once, then cached): {", ".join(exports)}.
+time {elapsed / 60:.1f} min; ONNX export (once, then cached; 0 s = found in the cache):
+{", ".join(exports)}.
 
 {table(cells)}
 
 Geometric mean of the speed-ups over all cells of a model:
 
 {summary(cells)}
+
+{notes(cells)}
 
 ONNX Runtime vs torch on a [2, 1, 128, 300] input, max abs difference: {"; ".join(parity)}.
 """

@@ -107,13 +107,15 @@ def test_worker_options_are_checked(loaded: LoadedModel) -> None:
 
 def test_channels_last_matches(loaded: LoadedModel, clip_mels) -> None:
     mels = clip_mels[0][:2, :, :200]
-    plain = InferenceWorker(loaded, device="cpu").infer(mels)
+    nhwc_worker = InferenceWorker(loaded, device="cpu")
+    assert nhwc_worker.channels_last  # the default for MobileNets on the CPU
+    nhwc = nhwc_worker.infer(mels)
     model = build_model("mn04")
     model.load_state_dict(loaded.model.state_dict())
     copy = LoadedModel(
         "mn04", model.eval(), loaded.labels, loaded.mids, loaded.weights_path, loaded.sha256
     )
-    nhwc = InferenceWorker(copy, device="cpu", channels_last=True).infer(mels)
+    plain = InferenceWorker(copy, device="cpu", channels_last=False).infer(mels)
     np.testing.assert_allclose(nhwc[0], plain[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(nhwc[1], plain[1], atol=1e-4, rtol=0)
 
