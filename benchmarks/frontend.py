@@ -319,7 +319,8 @@ def write_docs(text: str) -> None:
     pattern = re.compile(r"(## Frontend\n)(.*?)(?=\n## |\Z)", re.S)
     if not pattern.search(content):
         raise SystemExit(f"no '## Frontend' section in {DOCS}")
-    DOCS.write_text(pattern.sub(lambda m: m.group(1) + "\n" + text + "\n", content, count=1))
+    section = "\n" + text.strip() + "\n"
+    DOCS.write_text(pattern.sub(lambda m: m.group(1) + section, content, count=1))
 
 
 def main() -> int:
