@@ -1,0 +1,104 @@
+"""Window agreement: one score per group and time step from all windows covering the step.
+
+Time is cut into steps of ``step_frames`` frames (10 ms each). A window covers step ``k``
+when it holds the whole step: ``start <= k * step_frames`` and ``stop >= (k + 1) *
+step_frames``. The step's score is the ``quantile`` of the covering windows' scores
+(linear interpolation, as ``numpy.quantile``): with ``quantile = 1 - agreement``, the step
+scores at least ``x`` only when a fraction ``agreement`` of its windows score ``x`` or more.
+A window reaching a sound with only its edge does not decide alone, so the sound's
+extent is where the windows agree rather than wherever any window heard it.
+
+Steps no window covers (windows dropped by backpressure) score 0 and are counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+def step_score(covering: np.ndarray, quantile: float) -> np.ndarray:
+    """``[n_windows, G]`` scores of the windows covering one step -> ``[G]`` step score."""
+    if covering.shape[0] == 1:
+        return covering[0].astype(np.float32)
+    return np.quantile(covering, quantile, axis=0).astype(np.float32)
+
+
+def aggregate_steps(
+    starts: np.ndarray, stops: np.ndarray, scores: np.ndarray, step_frames: int, quantile: float
+) -> tuple[np.ndarray, int]:
+    """All windows of a recording at once -> (``[K, G]`` step scores, uncovered steps).
+
+    ``K`` is the number of whole steps up to the last window's end.
+    """
+    starts = np.asarray(starts)
+    stops = np.asarray(stops)
+    n_steps = int(stops.max()) // step_frames if len(stops) else 0
+    out = np.zeros((n_steps, scores.shape[1]), dtype=np.float32)
+    uncovered = 0
+    for k in range(n_steps):
+        covering = (starts <= k * step_frames) & (stops >= (k + 1) * step_frames)
+        if covering.any():
+            out[k] = step_score(scores[covering], quantile)
+        else:
+            uncovered += 1
+    return out, uncovered
+
+
+class StepAggregator:
+    """The streaming form of :func:`aggregate_steps`: windows in start order in, final
+    steps out as soon as no later window can cover them.
+
+    A step ``k`` is final once a window starting after ``k * step_frames`` arrived (later
+    windows start later still). Memory: only windows that can still cover a pending step.
+    """
+
+    def __init__(self, step_frames: int, quantile: float, n_groups: int) -> None:
+        self.step_frames = step_frames
+        self.quantile = quantile
+        self.n_groups = n_groups
+        self.reset()
+
+    def reset(self) -> None:
+        self._windows: deque[tuple[int, int, np.ndarray]] = deque()
+        self.next_step = 0
+        self._last_start = -1
+        self._max_stop = 0
+        self.uncovered_steps = 0
+        self.late_windows = 0  # arrived after a step they cover was already final
+
+    def push(self, start: int, stop: int, scores: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add one window; return the steps it makes final as ``(k, [G] scores)``."""
+        if start < self._last_start or start < self.next_step * self.step_frames:
+            self.late_windows += 1
+        self._last_start = max(self._last_start, start)
+        self._max_stop = max(self._max_stop, stop)
+        # Steps starting before this window are final (later windows start later still).
+        out = self._finalize(-(-start // self.step_frames))
+        self._windows.append((start, stop, scores))
+        return out
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The stream ended: every remaining whole step up to the last window's end."""
+        return self._finalize(self._max_stop // self.step_frames)
+
+    def _finalize(self, limit: int) -> list[tuple[int, np.ndarray]]:
+        """Steps ``next_step .. limit - 1`` (never past the last window's end)."""
+        limit = min(limit, self._max_stop // self.step_frames)
+        out: list[tuple[int, np.ndarray]] = []
+        while self.next_step < limit:
+            k = self.next_step
+            lo, hi = k * self.step_frames, (k + 1) * self.step_frames
+            covering = [s for (a, b, s) in self._windows if a <= lo and b >= hi]
+            if covering:
+                out.append((k, step_score(np.stack(covering), self.quantile)))
+            else:
+                self.uncovered_steps += 1
+                out.append((k, np.zeros(self.n_groups, dtype=np.float32)))
+            self.next_step += 1
+        # A window ending before the next pending step's end can cover no pending step.
+        need = (self.next_step + 1) * self.step_frames
+        while self._windows and self._windows[0][1] < need:
+            self._windows.popleft()
+        return out

@@ -1,0 +1,183 @@
+"""The ``events`` section of the configuration, validated strictly.
+
+Every key is optional. Per-group keys (``threshold_on``, ``threshold_off``,
+``min_duration``, ``max_gap``) override the section-wide defaults for that group only.
+See docs/events.md for what each step does and how the defaults were chosen.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from soundwatch.errors import SoundwatchError
+
+PRESETS = ("esc50",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GroupConfig(_Strict):
+    """One event label: the classes it pools and, optionally, its own thresholds."""
+
+    labels: list[str] = Field(default_factory=list, description="AudioSet names or /m/ ids")
+    subtrees: list[str] = Field(
+        default_factory=list, description="ontology nodes: the node and everything below it"
+    )
+    threshold_on: float | None = Field(default=None, gt=0.0, le=1.0)
+    threshold_off: float | None = Field(default=None, gt=0.0, le=1.0)
+    min_duration: float | None = Field(default=None, ge=0.0, le=600.0)
+    max_gap: float | None = Field(default=None, ge=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _has_members(self) -> GroupConfig:
+        if not self.labels and not self.subtrees:
+            raise ValueError("a group needs at least one entry in labels or subtrees")
+        if (
+            self.threshold_on is not None
+            and self.threshold_off is not None
+            and self.threshold_off > self.threshold_on
+        ):
+            raise ValueError(
+                f"threshold_off ({self.threshold_off}) is above threshold_on "
+                f"({self.threshold_on}); hysteresis needs off <= on"
+            )
+        return self
+
+
+class SmoothingConfig(_Strict):
+    """Smoothing of each group's score over time steps (after window agreement)."""
+
+    method: Literal["none", "median", "ema"] = "none"
+    width: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=60.0,
+        description="median: span of the filter in seconds (centred; adds half of it to the "
+        "latency); ema: time constant in seconds (causal)",
+    )
+
+
+class EventsConfig(_Strict):
+    """Sound events from window scores: agreement, smoothing, hysteresis, durations."""
+
+    enabled: bool = True
+    window: float = Field(
+        default=3.0,
+        ge=0.32,
+        le=30.0,
+        description="seconds per window the detector is fed (thresholds depend on it)",
+    )
+    hop: float = Field(default=0.5, ge=0.01, le=30.0, description="seconds between its windows")
+    step: float = Field(default=0.1, ge=0.01, le=1.0, description="time resolution, seconds")
+    agreement: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="a step holds a sound when this fraction of the windows covering it "
+        "say so (the step's score is the (1 - agreement) quantile of their scores)",
+    )
+    trim: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=10.0,
+        description="seconds moved inwards at both ends of an event: windows that only "
+        "partly hold a sound still score it, so raw boundaries reach past the sound",
+    )
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    threshold_on: float = Field(default=0.1, gt=0.0, le=1.0)
+    threshold_off: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="null: half of each group's threshold_on",
+    )
+    min_duration: float = Field(default=0.3, ge=0.0, le=600.0)
+    max_gap: float = Field(
+        default=1.0, ge=0.0, le=600.0, description="shorter silences do not split an event"
+    )
+    preset: Literal[PRESETS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="built-in groups (with tuned thresholds); groups below add to or override them",
+    )
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)
+    ontology: Path | None = Field(
+        default=None, description="ontology.json for subtrees; null: beside the model weights"
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: dict[str, GroupConfig]) -> dict[str, GroupConfig]:
+        for name in value:
+            if not name or any(c in name for c in "\t\n"):
+                raise ValueError(f"group name {name!r} must be non-empty, on one line")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventsConfig:
+        if self.hop > self.window:
+            raise ValueError(
+                f"hop ({self.hop} s) is longer than window ({self.window} s); use hop <= window"
+            )
+        if self.threshold_off is not None and self.threshold_off > self.threshold_on:
+            raise ValueError(
+                f"threshold_off ({self.threshold_off}) is above threshold_on "
+                f"({self.threshold_on}); hysteresis needs off <= on"
+            )
+        for name, frames in (("window", self.window), ("hop", self.hop), ("step", self.step)):
+            if abs(frames * 100 - round(frames * 100)) > 1e-6:
+                raise ValueError(f"{name} ({frames} s) must be a multiple of 0.01 s (one frame)")
+        return self
+
+    def all_groups(self) -> dict[str, GroupConfig]:
+        """The preset's groups (if any) updated with the groups given here."""
+        merged = dict(load_preset(self.preset)) if self.preset else {}
+        merged.update(self.groups)
+        return merged
+
+
+def _format(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid events configuration in {origin}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in ("events", *item["loc"]))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check its spelling; see docs/events.md)")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_events_config(data: Any, origin: str = "<config>") -> EventsConfig:
+    """Validate the ``events`` mapping of a config into :class:`EventsConfig`."""
+    if data is None:
+        data = {}
+    if isinstance(data, EventsConfig):
+        return data
+    if not isinstance(data, dict):
+        raise SoundwatchError(
+            f"invalid events configuration in {origin}: expected a mapping of keys, "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return EventsConfig.model_validate(data)
+    except ValidationError as error:
+        raise SoundwatchError(_format(error, origin)) from None
+
+
+def load_preset(name: str) -> dict[str, GroupConfig]:
+    """The groups of a built-in preset (``esc50``: the 50 ESC-50 categories)."""
+    if name not in PRESETS:
+        raise SoundwatchError(f"unknown events preset {name!r}; choose one of {PRESETS}")
+    text = resources.files("soundwatch.events").joinpath(f"{name}_groups.yaml").read_text("utf-8")
+    data = yaml.safe_load(text)
+    try:
+        return {k: GroupConfig.model_validate(v) for k, v in data["groups"].items()}
+    except ValidationError as error:  # a packaging bug, not user input
+        raise SoundwatchError(_format(error, f"preset {name}")) from None

@@ -1,0 +1,121 @@
+"""Event groups: named sets of model classes whose scores are pooled into one event label.
+
+A group names AudioSet classes directly (``labels``: display names or ``/m/...`` ids)
+and/or whole ontology subtrees (``subtrees``: a node and every node below it, e.g. ``Dog``
+brings Bark, Yip, Howl, Bow-wow, Growling and Whimper (dog)). A group's score in a window is
+the highest probability among its classes. With no groups configured, every class of the
+model is its own group, named by its display name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundwatch.errors import SoundwatchError
+
+
+@dataclass(frozen=True)
+class Group:
+    """One event label and the model output indices it pools."""
+
+    name: str
+    indices: tuple[int, ...]
+
+
+def _lookup_table(labels: Sequence[str], mids: Sequence[str]) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for index, (name, mid) in enumerate(zip(labels, mids, strict=True)):
+        table[name.lower()] = index
+        table[mid.lower()] = index
+    return table
+
+
+def _unknown(kind: str, name: str, group: str, choices: Sequence[str]) -> SoundwatchError:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return SoundwatchError(
+        f"events.groups.{group}: unknown {kind} {name!r}{hint} Use an AudioSet display name "
+        "as in class_labels_indices.csv (or its /m/... id)"
+    )
+
+
+def ontology_subtree(ontology: Mapping[str, Mapping[str, Any]], root: str) -> list[str]:
+    """The ids of ``root`` (an ontology node id) and of every node below it."""
+    seen: list[str] = []
+    pending = [root]
+    while pending:
+        node_id = pending.pop()
+        if node_id in seen:
+            continue
+        seen.append(node_id)
+        pending.extend(reversed(ontology.get(node_id, {}).get("child_ids", [])))
+    return seen
+
+
+def resolve_groups(
+    specs: Mapping[str, Any],
+    labels: Sequence[str],
+    mids: Sequence[str],
+    ontology: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Group]:
+    """Turn group specs (objects with ``labels`` and ``subtrees`` lists) into class indices.
+
+    Unknown names fail with the closest matches. ``subtrees`` needs ``ontology`` (node id ->
+    node, see :func:`soundwatch.models.labels.read_ontology`).
+    """
+    if not specs:
+        return [Group(name, (i,)) for i, name in enumerate(labels)]
+    table = _lookup_table(labels, mids)
+    node_by_name: dict[str, str] = {}
+    if ontology is not None:
+        for node_id, node in ontology.items():
+            node_by_name[str(node["name"]).lower()] = node_id
+            node_by_name[node_id.lower()] = node_id
+    groups: list[Group] = []
+    for name, spec in specs.items():
+        indices: list[int] = []
+        for label in spec.labels:
+            if label.lower() not in table:
+                raise _unknown("label", label, name, labels)
+            indices.append(table[label.lower()])
+        for root in spec.subtrees:
+            if ontology is None:
+                raise SoundwatchError(
+                    f"events.groups.{name}: subtree {root!r} needs the AudioSet ontology; "
+                    "put ontology.json beside the weights or set events.ontology to its path"
+                )
+            if root.lower() not in node_by_name:
+                names = [str(n["name"]) for n in ontology.values()]
+                raise _unknown("ontology node", root, name, names)
+            for node_id in ontology_subtree(ontology, node_by_name[root.lower()]):
+                if node_id.lower() in table:  # abstract nodes have no model output
+                    indices.append(table[node_id.lower()])
+        unique = tuple(dict.fromkeys(indices))
+        if not unique:
+            raise SoundwatchError(
+                f"events.groups.{name}: no model class in this group; list labels or subtrees "
+                "that the model outputs"
+            )
+        groups.append(Group(name, unique))
+    return groups
+
+
+def group_scores(probs: np.ndarray, groups: Sequence[Group]) -> np.ndarray:
+    """``[..., num_classes]`` probabilities -> ``[..., num_groups]`` (max within each group)."""
+    out = np.empty((*probs.shape[:-1], len(groups)), dtype=np.float32)
+    for g, group in enumerate(groups):
+        out[..., g] = probs[..., list(group.indices)].max(axis=-1)
+    return out
+
+
+def load_ontology(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read ``ontology.json`` (id -> node) with the models package's validating reader."""
+    from soundwatch.models.labels import read_ontology
+
+    return read_ontology(Path(path))

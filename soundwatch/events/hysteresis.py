@@ -1,0 +1,146 @@
+"""Hysteresis, gap bridging and minimum duration: smoothed step scores -> event spans.
+
+Per group, a step is *active* when its score reaches ``on`` (or, right after an active
+step, stays at or above ``off``). Active runs separated by at most ``max_gap`` inactive
+steps form one event; an event spanning fewer than ``min_steps`` steps (first active step
+to last, gaps included) is dropped. All in steps; the detector converts to seconds.
+
+An event is *confirmed* (its start can be announced) at its first active step where it
+already spans ``min_steps``, and *closed* at the first step where the gap after its last
+active step exceeds ``max_gap`` (or at the end of the stream). :class:`HysteresisTracker`
+works step by step; :func:`find_spans` finds the same spans in a whole recording.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Span:
+    """One event of group ``group``: steps ``[start, end)``; ``confirmed_at`` is the step
+    at which it was announced; ``peak`` the highest score within it."""
+
+    group: int
+    start: int
+    end: int
+    confirmed_at: int
+    peak: float
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-group hysteresis parameters, each an array of ``G`` values (thresholds float32,
+    the dtype of the scores, so every comparison is made the same way)."""
+
+    on: np.ndarray
+    off: np.ndarray
+    min_steps: np.ndarray
+    max_gap_steps: np.ndarray
+
+
+def _active_mask(x: np.ndarray, on: np.float32, off: np.float32) -> np.ndarray:
+    active = np.zeros(len(x), dtype=bool)
+    state = False
+    for k, v in enumerate(x):
+        state = bool(v >= off) if state else bool(v >= on)
+        active[k] = state
+    return active
+
+
+def find_spans(scores: np.ndarray, thresholds: Thresholds) -> list[Span]:
+    """All events of a whole recording's ``[K, G]`` smoothed scores, in announcement order."""
+    spans: list[Span] = []
+    for g in range(scores.shape[1]):
+        x = scores[:, g]
+        active = _active_mask(x, thresholds.on[g], thresholds.off[g])
+        edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
+        runs = list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+        merged: list[list[int]] = []
+        for a, b in runs:
+            if merged and a - merged[-1][1] <= thresholds.max_gap_steps[g]:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        for a, b in merged:
+            if b - a < thresholds.min_steps[g]:
+                continue
+            # Announced at the first active step at which the event spans min_steps.
+            reach = np.flatnonzero(active[a:b])
+            confirmed = a + int(reach[np.searchsorted(reach, thresholds.min_steps[g] - 1)])
+            spans.append(Span(g, int(a), int(b), confirmed, float(x[a:b].max())))
+    spans.sort(key=lambda s: (s.confirmed_at, s.group))
+    return spans
+
+
+@dataclass
+class Update:
+    """A change the tracker reports: an event ``start`` (confirmed) or ``end`` (closed)."""
+
+    state: str
+    group: int
+    start: int
+    end: int  # steps known active so far (start) or final end (end)
+    peak: float
+
+
+class HysteresisTracker:
+    """The streaming form of :func:`find_spans` for all groups of one stream."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.n_groups = len(thresholds.on)
+        self.reset()
+
+    def reset(self) -> None:
+        g = self.n_groups
+        self._active = np.zeros(g, dtype=bool)
+        self._start = np.full(g, -1, dtype=np.int64)  # -1: no open event
+        self._end = np.zeros(g, dtype=np.int64)  # one past the last active step
+        self._confirmed = np.zeros(g, dtype=bool)
+        self._peak = np.zeros(g, dtype=np.float32)
+        self._step = 0
+
+    def open_groups(self) -> list[int]:
+        """Groups with an announced event that has not ended."""
+        return [int(g) for g in np.flatnonzero(self._confirmed)]
+
+    def push(self, k: int, scores: np.ndarray) -> list[Update]:
+        """Step ``k`` (in order from 0) with its ``[G]`` smoothed scores -> updates."""
+        self._step = k + 1
+        threshold = np.where(self._active, self.t.off, self.t.on)
+        active = scores >= threshold
+        self._active = active
+        updates: list[Update] = []
+        for g in np.flatnonzero(active | (self._start >= 0)):
+            if active[g]:
+                if self._start[g] < 0:
+                    self._start[g] = k
+                    self._peak[g] = scores[g]
+                self._end[g] = k + 1
+                self._peak[g] = max(self._peak[g], scores[g])
+                if not self._confirmed[g] and k + 1 - self._start[g] >= self.t.min_steps[g]:
+                    self._confirmed[g] = True
+                    updates.append(self._update("start", g))
+            elif k + 1 - self._end[g] > self.t.max_gap_steps[g]:
+                updates.extend(self._close(g))
+        return updates
+
+    def finish(self) -> list[Update]:
+        """The stream ended: close every open event (unconfirmed ones are dropped)."""
+        updates: list[Update] = []
+        for g in np.flatnonzero(self._start >= 0):
+            updates.extend(self._close(g))
+        self.reset()
+        return updates
+
+    def _update(self, state: str, g: int) -> Update:
+        return Update(state, int(g), int(self._start[g]), int(self._end[g]), float(self._peak[g]))
+
+    def _close(self, g: int) -> list[Update]:
+        out = [self._update("end", g)] if self._confirmed[g] else []
+        self._start[g] = -1
+        self._confirmed[g] = False
+        return out
