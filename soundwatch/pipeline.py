@@ -45,6 +45,7 @@ class StreamCounters:
     windows_tagged: int = 0
     windows_dropped: int = 0
     resyncs: int = 0  # the audio clock jumped (device restart, gap): windows restarted
+    nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
 
 
 @dataclass
@@ -137,6 +138,11 @@ class WindowQueue:
 class StreamState:
     """One stream's frontend and windowing state, its clock and its counters."""
 
+    @property
+    def nonfinite_samples(self) -> int:
+        """NaN/Inf samples seen so far, over all segments."""
+        return self.counters.nonfinite_samples + self.frontend.nonfinite_samples
+
     def __init__(self, source: Source, window_s: float, hop_s: float, block_when_full: bool):
         self.source = source
         self.id = source.id
@@ -182,6 +188,7 @@ class StreamState:
         windows = self.windower.push(frames) + self.windower.flush()
         for window in windows:
             self._enqueue(window, queue, t_ingest)
+        self.counters.nonfinite_samples += self.frontend.nonfinite_samples  # reset zeroes it
         self.frontend.reset()
         self._segment_origin = None
 

@@ -235,3 +235,21 @@ def test_run_jsonl_and_tag_json_agree(shared, tmp_path: Path) -> None:
         np.testing.assert_allclose(window["probs"], message["probs"], atol=2e-6)
     rail = {"Train", "Rail transport", "Railroad car, train wagon", "Subway, metro, underground"}
     assert windows[-1]["top"][0][0] in rail  # the train arrives in the clip's last seconds
+
+
+def test_nonfinite_samples_are_counted_not_propagated(tagger: Tagger, tmp_path: Path) -> None:
+    """NaN and Inf in the input (raw float PCM) are replaced, counted per stream, and
+    never reach the probabilities."""
+    rng = np.random.default_rng(3)
+    audio = (0.1 * rng.standard_normal(32000 * 3)).astype("<f4")
+    audio[1000:1010] = np.nan
+    audio[50000] = np.inf
+    raw = tmp_path / "noisy.f32"
+    raw.write_bytes(audio.tobytes())
+    source = open_source("raw", f"pcm:{raw}?format=f32le&rate=32000")
+    collector = Collector()
+    pipeline = Pipeline([source], tagger.worker.infer, [collector], window_s=1.0, hop_s=0.5)
+    pipeline.run()
+    assert pipeline.streams[0].nonfinite_samples == 11
+    assert collector.results
+    assert all(np.isfinite(r.probs).all() for r in collector.results)

@@ -89,7 +89,7 @@ class LivePublisher:
         counters = {
             **{name: int(value) for name, value in vars(source_stats).items()},
             **{name: int(value) for name, value in vars(state.counters).items()},
-            "nonfinite_samples": int(state.frontend.nonfinite_samples),
+            "nonfinite_samples": state.nonfinite_samples,
         }
         t_first = state.first_t if state.first_t is not None else time.time()
         return Status(
