@@ -1,0 +1,63 @@
+"""``soundwatch tag`` as a user runs it, with the real mn04 checkpoint on real clips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RAIL = {"Train", "Rail transport", "Railroad car, train wagon", "Subway, metro, underground"}
+
+
+def tag(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soundwatch.cli", "tag", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+def test_tag_clips_json_and_a_missing_file(shared, tmp_path: Path) -> None:
+    weights = shared("models/mn04_as_mAP_432.pt")
+    clips = {name: shared(f"audio/clips/{name}.wav") for name in ("speech", "typing")}
+    metro = shared("audio/clips/metro_station-paris.wav")  # 44.1 kHz, 24-bit
+    missing = tmp_path / "nope.wav"
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    result = tag(
+        str(missing),
+        str(clips["speech"]),
+        str(corrupt),
+        str(clips["typing"]),
+        str(metro),
+        *("--weights", str(weights), "--window", "10", "--hop", "10", "--json", "--top", "3"),
+    )
+    assert result.returncode == 1  # some files failed ...
+    assert "Traceback" not in result.stderr
+    assert str(missing) in result.stderr and "not found" in result.stderr
+    assert str(corrupt) in result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    by_file = {r["file"]: r for r in records}  # ... and the others were still tagged
+    assert set(by_file) == {str(clips["speech"]), str(clips["typing"]), str(metro)}
+    for record in records:
+        assert set(record) == {"file", "t_start", "t_end", "top"}
+        assert record["t_start"] == 0.0 and record["t_end"] == 10.0
+    assert by_file[str(clips["speech"])]["top"][0][0] == "Speech"
+    assert by_file[str(clips["typing"])]["top"][0][0] in {"Typing", "Computer keyboard"}
+    assert by_file[str(metro)]["top"][0][0] in RAIL
+
+
+def test_tag_sliding_windows_and_probs(shared) -> None:
+    weights = shared("models/mn04_as_mAP_432.pt")
+    speech = shared("audio/clips/speech.wav")
+    result = tag(str(speech), "--weights", str(weights), "--json", "--probs")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    # Defaults: 3 s windows every 0.5 s over 10 s -> starts 0, 0.5, ..., 7.0.
+    assert [r["t_start"] for r in records] == [i / 2 for i in range(15)]
+    assert all(len(r["probs"]) == 527 and len(r["top"]) == 5 for r in records)
+    assert sum(r["top"][0][0] == "Speech" for r in records) >= len(records) * 0.8
