@@ -227,20 +227,20 @@ _ONE_BITS = np.int64(0x3FF0_0000_0000_0000)  # the bits of 1.0
 
 
 @intrinsic
-def _float_bits(typingctx, value):  # noqa: ARG001 (numba's intrinsic signature)
+def _float_bits(typingctx, value):
     """The bit pattern of a float64 as an int64 (a register move, no memory round trip)."""
 
-    def codegen(context, builder, signature, args):  # noqa: ARG001
+    def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.int64))
 
     return types.int64(types.float64), codegen
 
 
 @intrinsic
-def _bits_float(typingctx, bits):  # noqa: ARG001
+def _bits_float(typingctx, bits):
     """The float64 whose bit pattern is the int64 ``bits``."""
 
-    def codegen(context, builder, signature, args):  # noqa: ARG001
+    def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.float64))
 
     return types.float64(types.int64), codegen
