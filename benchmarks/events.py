@@ -17,10 +17,10 @@ Scores (``soundwatch.events.scoring``): event-based precision, recall and F1 wit
 onset collar and an offset collar of max(1 s, 20% of the true event), micro-averaged over
 categories (macro F1 too); onset-only F1; mean absolute onset error of matched events.
 
-    .venv/bin/python benchmarks/events.py [--cache-dir DIR] [--tune]
+    .venv/bin/python benchmarks/events.py [--cache-dir DIR] [--write-preset]
 
 ``--cache-dir`` keeps window probabilities between runs (outside the repository);
-``--tune`` searches per-group thresholds on all scenes and prints them as YAML for
+``--write-preset`` tunes the per-group thresholds on all scenes and writes them into
 ``soundwatch/events/esc50_groups.yaml``.
 """
 
@@ -279,10 +279,41 @@ HEADER = (
 )
 
 
+PRESET_FILE = REPO / "soundwatch" / "events" / "esc50_groups.yaml"
+PRESET_HEADER = """\
+# The 50 ESC-50 categories as soundwatch event groups: each the AudioSet classes (by display
+# name) that mean the same sound. threshold_on: tuned for mn04 with 3 s windows every 0.5 s
+# on scenes-dev by `benchmarks/events.py --write-preset` (groups with no sound in scenes-dev
+# keep the default events.threshold_on). Use with `events: {preset: esc50}`.
+groups:
+"""
+
+
+def write_preset(thresholds: dict[str, float | None]) -> None:
+    """Rewrite the esc50 preset with tuned ``threshold_on`` values (None: the default)."""
+    lines = [PRESET_HEADER.rstrip("\n")]
+    for name, spec in load_preset("esc50").items():
+        labels = ", ".join(f'"{label}"' if "," in label else label for label in spec.labels)
+        extra = f", threshold_on: {thresholds[name]:g}" if thresholds[name] is not None else ""
+        lines.append(f"  {name}: {{labels: [{labels}]{extra}}}")
+    PRESET_FILE.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def global_index(table: np.ndarray, scenes: Sequence[int]) -> int:
+    """The grid threshold with the best micro F1 when every group uses it."""
+    totals = table[:, :, list(scenes)].sum(axis=(0, 2))
+    f1 = 2 * totals[:, 0] / np.maximum(2 * totals[:, 0] + totals[:, 1] + totals[:, 2], 1)
+    return int(np.argmax(f1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--tune", action="store_true", help="print tuned per-group thresholds")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep window probabilities")
+    parser.add_argument(
+        "--write-preset",
+        action="store_true",
+        help="tune per-group thresholds on all scenes and write them into the esc50 preset",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -290,106 +321,86 @@ def main() -> None:
     worker = InferenceWorker(loaded, device="cpu", threads=args.threads)
     cache = WindowCache(worker, args.cache_dir)
     truth = read_truth()
-    scene_names = list(truth)
+    scenes = list(truth)
 
     config = EventsConfig(preset="esc50")
     settings = build_settings(config, loaded.labels, loaded.mids, WEIGHTS.parent, download=False)
-    window_label = f"{config.window:g} s / {config.hop:g} s"
+    ours = f"{config.window:g} s / {config.hop:g} s"
+    layouts = [(10.0, 1.0), (2.0, 0.5), (config.window, config.hop)]
+    windows = {(scene, w, h): cache.get(scene, w, h) for scene in scenes for (w, h) in layouts}
 
-    results = []
-    for window, hop in ((10.0, 1.0), (2.0, 0.5)):
-        results.append(
-            evaluate(
-                "naive (runs > 0.3)",
-                f"{window:g} s / {hop:g} s",
-                truth,
-                lambda scene, window=window, hop=hop: naive_events(
-                    cache.get(scene, window, hop), settings
-                ),
-            )
+    def ours_of(scene: str) -> Windows:
+        return windows[(scene, config.window, config.hop)]
+
+    def detect(scene: str, s: DetectorSettings) -> list[LabelledEvent]:
+        w = ours_of(scene)
+        return as_labelled(detect_events_offline(w.starts, w.stops, w.probs, s))
+
+    results = [
+        evaluate(
+            "naive (runs of windows > 0.3)",
+            f"{w:g} s / {h:g} s",
+            truth,
+            lambda scene, w=w, h=h: naive_events(windows[(scene, w, h)], settings),
         )
-
-    def windows_of(scene: str) -> Windows:
-        return cache.get(scene, config.window, config.hop)
-
+        for (w, h) in layouts[:2]
+    ]
     started = time.perf_counter()
-    shipped = evaluate(
-        "soundwatch (esc50 preset, thresholds tuned on all scenes)",
-        window_label,
-        truth,
-        lambda scene: as_labelled(
-            detect_events_offline(
-                windows_of(scene).starts, windows_of(scene).stops, windows_of(scene).probs, settings
-            )
-        ),
+    results.append(
+        evaluate("soundwatch (esc50 preset)", ours, truth, lambda scene: detect(scene, settings))
     )
     detect_seconds = time.perf_counter() - started
 
-    # Held-out numbers: thresholds re-tuned on the other scenes, per scene.
-    steps = {scene: smoothed_steps(windows_of(scene), settings) for scene in scene_names}
+    # Held out: per-group thresholds re-tuned on the other 11 scenes, for each scene.
+    steps = {scene: smoothed_steps(ours_of(scene), settings) for scene in scenes}
     table = count_table(steps, truth, settings)
-    loso_event, loso_onset = Score({}), Score({})
-    global_event, global_onset = Score({}), Score({})
-    for s, scene in enumerate(scene_names):
-        others = [i for i in range(len(scene_names)) if i != s]
-        index = tune_thresholds(table, others)
-        for target_event, target_onset, on in (
-            (loso_event, loso_onset, THRESHOLD_GRID[index]),
+    per_group, one_global = (Score({}), Score({})), (Score({}), Score({}))
+    for s, scene in enumerate(scenes):
+        others = [i for i in range(len(scenes)) if i != s]
+        candidates = (
+            (per_group, THRESHOLD_GRID[tune_thresholds(table, others)]),
             (
-                global_event,
-                global_onset,
-                np.full(len(index), THRESHOLD_GRID[global_of(table, others)]),
+                one_global,
+                np.full(len(settings.groups), THRESHOLD_GRID[global_index(table, others)]),
             ),
-        ):
-            tuned = with_thresholds(settings, on)
-            w = windows_of(scene)
-            detected = as_labelled(detect_events_offline(w.starts, w.stops, w.probs, tuned))
-            target_event.add(score_events(truth[scene], detected, Collars()))
-            target_onset.add(score_events(truth[scene], detected, Collars(onset_only=True)))
-    results.append(shipped)
-    results.append(
-        Result(
-            "soundwatch, leave-one-scene-out per-group thresholds",
-            window_label,
-            loso_event,
-            loso_onset,
         )
-    )
+        for (event, onset), on in candidates:
+            detected = detect(scene, with_thresholds(settings, on))
+            event.add(score_events(truth[scene], detected, Collars()))
+            onset.add(score_events(truth[scene], detected, Collars(onset_only=True)))
     results.append(
-        Result(
-            "soundwatch, leave-one-scene-out one global threshold",
-            window_label,
-            global_event,
-            global_onset,
-        )
+        Result("soundwatch, leave-one-scene-out, per-group thresholds", ours, *per_group)
     )
+    results.append(Result("soundwatch, leave-one-scene-out, one threshold", ours, *one_global))
 
-    print(
-        f"scenes-dev: {len(scene_names)} scenes, {sum(len(v) for v in truth.values())} events; "
-        f"model mn04; averages are micro over categories unless marked macro\n"
-    )
+    n_events = sum(len(v) for v in truth.values())
+    print(f"scenes-dev: {len(scenes)} scenes, {n_events} events; model mn04; micro averages")
+    print("over categories except 'macro F1' (mean of per-category F1)\n")
     print(HEADER)
     for result in results:
         print(row(result))
     print(
-        f"\ntagging windows: {cache.seconds_tagging:.1f} s (0 when cached); "
-        f"soundwatch detection over all scenes: {detect_seconds * 1000:.0f} ms"
+        f"\ntagging all windows: {cache.seconds_tagging:.1f} s (0 when cached); soundwatch "
+        f"detection over the {len(scenes)} scenes: {detect_seconds * 1000:.0f} ms"
     )
-    if args.tune:
-        index = tune_thresholds(table, range(len(scene_names)))
-        print("\n# per-group threshold_on tuned on all scenes (grid index -> value):")
-        preset = load_preset("esc50")
-        for g, group in enumerate(settings.groups):
-            names = ", ".join(f'"{n}"' for n in preset[group.name].labels)
+
+    if args.write_preset:
+        everything = range(len(scenes))
+        index = tune_thresholds(table, everything)
+        has_truth = table[:, 0, :, 0].sum(axis=1) + table[:, 0, :, 2].sum(axis=1) > 0
+        best_global = float(THRESHOLD_GRID[global_index(table, everything)])
+        write_preset(
+            {
+                g.name: float(THRESHOLD_GRID[index[i]]) if has_truth[i] else None
+                for i, g in enumerate(settings.groups)
+            }
+        )
+        print(f"\nwrote {PRESET_FILE} ({int(has_truth.sum())} groups tuned)")
+        if abs(best_global - config.threshold_on) > 1e-6:
             print(
-                f"  {group.name}: {{labels: [{names}], threshold_on: {THRESHOLD_GRID[index[g]]:g}}}"
+                f"note: the best single threshold is {best_global:g}, the default "
+                f"events.threshold_on is {config.threshold_on:g}"
             )
-
-
-def global_of(table: np.ndarray, scenes: Sequence[int]) -> int:
-    totals = table[:, :, list(scenes)].sum(axis=(0, 2))
-    f1 = 2 * totals[:, 0] / np.maximum(2 * totals[:, 0] + totals[:, 1] + totals[:, 2], 1)
-    return int(np.argmax(f1))
 
 
 if __name__ == "__main__":

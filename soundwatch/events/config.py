@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from soundwatch.errors import SoundwatchError
 
 PRESETS = ("esc50",)
+DEFAULT_OFF_RATIO = 0.3  # threshold_off / threshold_on when threshold_off is not given
 
 
 class _Strict(BaseModel):
@@ -91,14 +92,17 @@ class EventsConfig(_Strict):
         "partly hold a sound still score it, so raw boundaries reach past the sound",
     )
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
-    threshold_on: float = Field(default=0.1, gt=0.0, le=1.0)
+    threshold_on: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="for groups without their own threshold_on"
+    )
     threshold_off: float | None = Field(
         default=None,
         gt=0.0,
         le=1.0,
-        description="null: half of each group's threshold_on",
+        description="null: 0.3 x threshold_on; a group's own threshold_on scales its off "
+        "threshold by the same ratio unless it sets threshold_off",
     )
-    min_duration: float = Field(default=0.3, ge=0.0, le=600.0)
+    min_duration: float = Field(default=0.6, ge=0.0, le=600.0)
     max_gap: float = Field(
         default=1.0, ge=0.0, le=600.0, description="shorter silences do not split an event"
     )

@@ -25,7 +25,7 @@ import numpy as np
 from soundwatch.dsp.windows import FRAMES_PER_SECOND
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.agreement import StepAggregator, aggregate_steps
-from soundwatch.events.config import EventsConfig
+from soundwatch.events.config import DEFAULT_OFF_RATIO, EventsConfig
 from soundwatch.events.groups import Group, group_scores, load_ontology, resolve_groups
 from soundwatch.events.hysteresis import HysteresisTracker, Span, Thresholds, Update, find_spans
 from soundwatch.events.smoothing import Smoother, smooth
@@ -69,7 +69,9 @@ class DetectorSettings:
         specs = config.all_groups()
         step_s = _frames(config.step) / FRAMES_PER_SECOND
         off_ratio = (
-            config.threshold_off / config.threshold_on if config.threshold_off is not None else 0.5
+            config.threshold_off / config.threshold_on
+            if config.threshold_off is not None
+            else DEFAULT_OFF_RATIO
         )
         on, off, min_steps, max_gap = [], [], [], []
         for group in groups:
@@ -213,7 +215,8 @@ class EventDetector:
 
     @property
     def latency_s(self) -> float:
-        """How long after a step's audio its score is final (window, step and smoothing)."""
+        """At most how long after the start of a step its score is final (window, step and
+        smoothing latency); an event is announced this long after it reached min_duration."""
         s = self.settings
         return (s.window_frames + s.step_frames) / FRAMES_PER_SECOND + (
             self._smoother.latency_steps * s.step_s

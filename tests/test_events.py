@@ -1,0 +1,393 @@
+"""Events: scoring rules, group resolution, config validation, streaming == offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from soundwatch.errors import SoundwatchError
+from soundwatch.events import (
+    EventDetector,
+    EventsConfig,
+    EventsHandler,
+    detect_events_offline,
+    detected_from_messages,
+    parse_events_config,
+    resolve_groups,
+)
+from soundwatch.events.agreement import StepAggregator, aggregate_steps
+from soundwatch.events.config import GroupConfig, load_preset
+from soundwatch.events.detector import DetectorSettings
+from soundwatch.events.groups import Group, group_scores
+from soundwatch.events.scoring import Collars, LabelledEvent, match, score_events
+from soundwatch.events.smoothing import Smoother, smooth
+from soundwatch.pipeline import WindowResult
+
+# --- scoring ------------------------------------------------------------------------------
+
+
+def ev(label: str, onset: float, offset: float) -> LabelledEvent:
+    return LabelledEvent(label, onset, offset)
+
+
+def test_match_needs_onset_within_1s_and_offset_within_collar():
+    truth = [ev("dog", 10.0, 12.0)]
+    assert score_events(truth, [ev("dog", 10.9, 12.9)]).micro.tp == 1
+    assert score_events(truth, [ev("dog", 11.1, 12.0)]).micro.tp == 0  # onset 1.1 s late
+    assert score_events(truth, [ev("dog", 10.0, 13.1)]).micro.tp == 0  # offset 1.1 s late
+    assert score_events(truth, [ev("cat", 10.0, 12.0)]).micro.tp == 0  # other label
+    onset_only = score_events(truth, [ev("dog", 10.0, 13.1)], Collars(onset_only=True))
+    assert onset_only.micro.tp == 1
+
+
+def test_offset_collar_grows_to_20_percent_of_long_events():
+    truth = [ev("train", 0.0, 20.0)]  # 20 % of 20 s = 4 s
+    assert score_events(truth, [ev("train", 0.5, 16.1)]).micro.tp == 1
+    assert score_events(truth, [ev("train", 0.5, 15.9)]).micro.tp == 0
+
+
+def test_matching_is_maximal_not_greedy():
+    # The nearest-onset choice for the first true event would steal the only detection
+    # the second one can use; a maximum matching pairs both.
+    truth = [ev("dog", 0.0, 1.0), ev("dog", 1.0, 2.0)]
+    detected = [ev("dog", 0.5, 1.5), ev("dog", -0.9, 0.5)]
+    assert sorted(match(truth, detected, Collars())) == [(0, 1), (1, 0)]
+    score = score_events(truth, detected)
+    assert (score.micro.tp, score.micro.fp, score.micro.fn) == (2, 0, 0)
+
+
+def test_micro_and_macro_averages():
+    truth = [ev("dog", 0, 2), ev("dog", 5, 7), ev("cat", 10, 12)]
+    detected = [ev("dog", 0, 2), ev("dog", 5, 7), ev("cow", 20, 22)]
+    score = score_events(truth, detected)
+    assert score.per_label["dog"].f1 == 1.0
+    assert score.per_label["cat"].f1 == 0.0 and score.per_label["cow"].f1 == 0.0
+    assert score.micro.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert score.macro_f1 == pytest.approx(1 / 3)
+    assert score.micro.mean_onset_error == 0.0
+
+
+def test_onset_error_is_mean_absolute_over_matches():
+    truth = [ev("dog", 10, 12), ev("cat", 20, 22)]
+    score = score_events(truth, [ev("dog", 10.5, 12), ev("cat", 19.7, 22)])
+    assert score.micro.mean_onset_error == pytest.approx(0.4)
+
+
+def test_scoring_rejects_reversed_events():
+    with pytest.raises(SoundwatchError, match="ends before it starts"):
+        score_events([ev("dog", 2, 1)], [])
+
+
+# --- groups and config --------------------------------------------------------------------
+
+
+@pytest.fixture
+def audioset(shared):
+    from soundwatch.models import read_class_labels, read_ontology
+
+    labels = read_class_labels(shared("models/class_labels_indices.csv"))
+    ontology = read_ontology(shared("models/ontology.json"))
+    return labels, ontology
+
+
+def test_ontology_subtree_brings_the_children(audioset):
+    labels, ontology = audioset
+    spec = {"dog": GroupConfig(subtrees=["Dog"])}
+    (group,) = resolve_groups(spec, labels.names, labels.mids, ontology)
+    names = {labels.names[i] for i in group.indices}
+    assert {"Dog", "Bark", "Howl", "Growling", "Whimper (dog)", "Bow-wow", "Yip"} <= names
+    assert "Cat" not in names
+
+
+def test_groups_by_label_name_or_mid(audioset):
+    labels, _ = audioset
+    spec = {"k": GroupConfig(labels=["typing", labels.mids[labels.names.index("Speech")]])}
+    (group,) = resolve_groups(spec, labels.names, labels.mids)
+    assert [labels.names[i] for i in group.indices] == ["Typing", "Speech"]
+
+
+def test_unknown_label_names_the_closest(audioset):
+    labels, ontology = audioset
+    with pytest.raises(SoundwatchError, match=r"events.groups.pets: unknown label 'Dgo'"):
+        resolve_groups({"pets": GroupConfig(labels=["Dgo"])}, labels.names, labels.mids)
+    with pytest.raises(SoundwatchError, match="did you mean 'Dog'"):
+        resolve_groups({"pets": GroupConfig(subtrees=["Dgo"])}, labels.names, labels.mids, ontology)
+
+
+def test_subtrees_without_ontology_say_where_to_put_it(audioset):
+    labels, _ = audioset
+    with pytest.raises(SoundwatchError, match=r"ontology\.json"):
+        resolve_groups({"dog": GroupConfig(subtrees=["Dog"])}, labels.names, labels.mids)
+
+
+def test_no_groups_means_every_class(audioset):
+    labels, _ = audioset
+    groups = resolve_groups({}, labels.names, labels.mids)
+    assert len(groups) == 527 and groups[0] == Group(labels.names[0], (0,))
+
+
+def test_esc50_preset_has_50_groups_that_resolve(audioset):
+    labels, _ = audioset
+    preset = load_preset("esc50")
+    assert len(preset) == 50
+    groups = resolve_groups(preset, labels.names, labels.mids)
+    by_name = {g.name: [labels.names[i] for i in g.indices] for g in groups}
+    assert by_name["dog"][:2] == ["Dog", "Bark"]
+
+
+def test_group_scores_take_the_max_of_their_classes():
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32)
+    scores = group_scores(probs, [Group("a", (0, 2)), Group("b", (1,))])
+    np.testing.assert_array_equal(scores, np.float32([[0.2, 0.7], [0.5, 0.1]]))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tresholds": 1}, r"events\.tresholds: unknown key"),
+        ({"threshold_on": 0.2, "threshold_off": 0.3}, "hysteresis needs off <= on"),
+        ({"groups": {"dog": {}}}, "at least one entry in labels or subtrees"),
+        ({"groups": {"dog": {"labels": ["Dog"], "colour": 1}}}, "unknown key"),
+        ({"hop": 4.0}, "longer than window"),
+        ({"agreement": 0}, "greater than 0"),
+        ({"smoothing": {"method": "gauss"}}, "events.smoothing.method"),
+        ({"preset": "urbansound"}, "events.preset"),
+        ("yes", "expected a mapping"),
+    ],
+)
+def test_config_errors_name_the_key(data, message):
+    with pytest.raises(SoundwatchError, match=message):
+        parse_events_config(data, origin="test.yaml")
+
+
+def test_config_groups_override_the_preset():
+    config = parse_events_config(
+        {"preset": "esc50", "groups": {"dog": {"labels": ["Bark"], "threshold_on": 0.5}}}
+    )
+    groups = config.all_groups()
+    assert len(groups) == 50
+    assert groups["dog"].labels == ["Bark"] and groups["dog"].threshold_on == 0.5
+
+
+def test_group_thresholds_and_durations_resolve_per_group():
+    config = EventsConfig(
+        threshold_on=0.2,
+        min_duration=0.5,
+        groups={
+            "a": GroupConfig(labels=["x"], threshold_on=0.4),
+            "b": GroupConfig(labels=["y"], threshold_off=0.05, min_duration=1.0, max_gap=0.0),
+        },
+    )
+    groups = [Group("a", (0,)), Group("b", (1,))]
+    t = DetectorSettings.from_config(config, groups).thresholds
+    np.testing.assert_allclose(t.on, [0.4, 0.2])
+    np.testing.assert_allclose(t.off, [0.12, 0.05])  # off defaults to 0.3 x on
+    assert list(t.min_steps) == [5, 10] and list(t.max_gap_steps) == [10, 0]
+    defaults = DetectorSettings.from_config(EventsConfig(), groups[:1]).thresholds
+    assert (defaults.on[0], defaults.off[0]) == (np.float32(0.1), np.float32(0.03))
+
+
+# --- streaming == offline --------------------------------------------------------------------
+
+
+def random_walk_probs(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
+    """Scores that wander between silence and loud, so events start and end."""
+    steps = rng.normal(0, 0.8, size=(n, classes)).cumsum(axis=0)
+    return (1 / (1 + np.exp(-(steps - 2.0)))).astype(np.float32)
+
+
+def windows_of(n_frames: int, window: int, hop: int) -> list[tuple[int, int, bool]]:
+    """Window placement of ``MelWindower``: starts at multiples of hop, plus a final tail."""
+    out = [(s, s + window, False) for s in range(0, n_frames - window + 1, hop)]
+    last = out[-1][1] if out else 0
+    if n_frames > last:
+        out.append((max(0, n_frames - window), n_frames, True))
+    else:
+        out[-1] = (*out[-1][:2], True)
+    return out
+
+
+def results_for(stream, placement, probs, origin) -> list[WindowResult]:
+    return [
+        WindowResult(
+            stream=stream,
+            start_frame=a,
+            stop_frame=b,
+            t_start=origin + a / 100,
+            t_end=origin + b / 100,
+            offset_s=a / 100,
+            probs=p,
+            embedding=np.zeros(1, np.float32),
+            t_ingest=0.0,
+            final=final,
+        )
+        for (a, b, final), p in zip(placement, probs, strict=True)
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    window=st.sampled_from([32, 100, 300]),
+    hop_div=st.sampled_from([1, 3, 6, 10]),
+    step=st.sampled_from([10, 20]),
+    agreement=st.sampled_from([1.0, 0.8, 0.5, 0.25]),
+    smoothing=st.sampled_from([("none", 0.5), ("median", 0.5), ("median", 0.9), ("ema", 0.3)]),
+    min_duration=st.sampled_from([0.0, 0.3, 1.0]),
+    max_gap=st.sampled_from([0.0, 0.5, 2.0]),
+    trim=st.sampled_from([0.0, 0.3]),
+    drop=st.sampled_from([0.0, 0.2]),
+)
+def test_streaming_detector_equals_offline(
+    seed, window, hop_div, step, agreement, smoothing, min_duration, max_gap, trim, drop
+):
+    rng = np.random.default_rng(seed)
+    hop = max(1, window // hop_div)
+    n_frames = int(rng.integers(window // 2, 2500))
+    placement = windows_of(n_frames, window, hop)
+    keep = rng.random(len(placement)) >= drop  # windows lost to backpressure
+    keep[-1] = True
+    placement = [p for p, k in zip(placement, keep, strict=True) if k]
+    classes = 4
+    probs = random_walk_probs(rng, len(placement), classes)
+    config = EventsConfig(
+        window=window / 100,
+        hop=hop / 100,
+        step=step / 100,
+        agreement=agreement,
+        trim=trim,
+        smoothing={"method": smoothing[0], "width": smoothing[1]},
+        threshold_on=0.5,
+        threshold_off=0.3,
+        min_duration=min_duration,
+        max_gap=max_gap,
+        groups={"ab": GroupConfig(labels=["a", "b"], threshold_on=0.7)},
+    )
+    groups = [Group("ab", (0, 1)), Group("c", (2,)), Group("d", (3,))]
+    s = DetectorSettings.from_config(config, groups)
+    starts = np.array([a for a, _, _ in placement])
+    stops = np.array([b for _, b, _ in placement])
+    offline = detect_events_offline(starts, stops, probs, s)
+
+    origin = 1_700_000_000.0
+    detector = EventDetector(s, "kitchen")
+    messages = []
+    for result in results_for("kitchen", placement, probs, origin):
+        messages.extend(detector.push(result))
+    messages.extend(detector.finish())  # nothing left: the final window ended the segment
+    streamed = detected_from_messages(messages, origin)
+
+    assert [(e.event_id, e.label) for e in streamed] == [(e.event_id, e.label) for e in offline]
+    for a, b in zip(streamed, offline, strict=True):
+        assert a.onset == pytest.approx(b.onset, abs=1e-6)
+        assert a.offset == pytest.approx(b.offset, abs=1e-6)
+        assert a.peak == b.peak
+    # Every event starts once, before it ends, and ends once.
+    states = [(m.event_id, m.state) for m in messages]
+    for e in offline:
+        assert states.count((e.event_id, "start")) == 1
+        assert states.count((e.event_id, "end")) == 1
+        assert states.index((e.event_id, "start")) < states.index((e.event_id, "end"))
+    assert all(m.offset is None for m in messages if m.state == "start")
+
+
+def test_aggregator_streams_the_offline_quantiles():
+    rng = np.random.default_rng(0)
+    placement = windows_of(1000, 300, 50)
+    scores = rng.random((len(placement), 3)).astype(np.float32)
+    starts = np.array([a for a, _, _ in placement])
+    stops = np.array([b for _, b, _ in placement])
+    offline, uncovered = aggregate_steps(starts, stops, scores, 10, 0.2)
+    aggregator = StepAggregator(10, 0.2, 3)
+    streamed = []
+    for (a, b, _), s in zip(placement, scores, strict=True):
+        streamed.extend(aggregator.push(a, b, s))
+    streamed.extend(aggregator.finish())
+    assert [k for k, _ in streamed] == list(range(100)) and uncovered == 0
+    np.testing.assert_array_equal(np.stack([v for _, v in streamed]), offline)
+    # Step 0 is covered by one window only; step 50 by six (starts 250..500).
+    np.testing.assert_array_equal(offline[0], scores[0])
+    np.testing.assert_allclose(offline[50], np.quantile(scores[5:11], 0.2, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "width"), [("median", 0.5), ("median", 1.0), ("ema", 0.4)])
+def test_smoother_streams_the_offline_smoothing(method, width):
+    values = np.random.default_rng(1).random((37, 2)).astype(np.float32)
+    smoother = Smoother(method, width, 0.1)
+    out = []
+    for k, v in enumerate(values):
+        out.extend(smoother.push(k, v))
+    out.extend(smoother.finish())
+    assert [k for k, _ in out] == list(range(37))
+    np.testing.assert_array_equal(np.stack([v for _, v in out]), smooth(values, method, width, 0.1))
+    if method == "median":
+        h = round(width / 0.1) // 2
+        np.testing.assert_array_equal(out[10][1], np.median(values[10 - h : 11 + h], axis=0))
+
+
+def test_detector_announces_start_once_confirmed_and_end_after_the_gap():
+    # One class; windows of 1 s every 0.1 s; a window scores 0.9 when it holds at least
+    # 0.1 s of a sound lasting from 5 s to 8 s.
+    config = EventsConfig(
+        window=1.0, hop=0.1, agreement=1.0, trim=0.0, min_duration=0.5, max_gap=0.3
+    )
+    s = DetectorSettings.from_config(config, [Group("beep", (0,))])
+    placement = windows_of(1500, 100, 10)
+    probs = np.array(
+        [[0.9 if min(b, 800) - max(a, 500) >= 10 else 0.0] for a, b, _ in placement],
+        dtype=np.float32,
+    )
+    detector = EventDetector(s, "s")
+    timeline = []
+    for result in results_for("s", placement, probs, 0.0):
+        timeline.extend((result.stop_frame, m) for m in detector.push(result))
+    (at_start, start), (at_end, end) = timeline
+    # Every window covering a step agrees only within the sound: the edges follow it.
+    assert (start.state, start.onset, start.offset) == ("start", 5.0, None)
+    assert (end.state, end.onset, end.offset) == ("end", 5.0, 8.0)
+    # Confirmed by step 5.4-5.5 s, final once a window starting after 5.4 s is in.
+    assert at_start == 550 + 100
+    # Ended once 0.3 s of gap after 8.0 s are final (step 8.3-8.4 s).
+    assert at_end == 840 + 100
+    assert detector.latency_s == pytest.approx(1.1)
+
+
+def test_detector_restarts_on_a_new_segment_and_rejects_other_lengths():
+    config = EventsConfig(window=1.0, hop=0.5, agreement=1.0, trim=0.0, min_duration=0.0)
+    s = DetectorSettings.from_config(config, [Group("beep", (0,))])
+    loud = np.array([[0.9]], dtype=np.float32)
+    first = results_for("s", [(0, 100, False), (50, 150, False)], [loud[0]] * 2, 100.0)
+    second = results_for("s", [(0, 100, False)], [loud[0]], 200.0)  # clock jumped: frame 0 again
+    detector = EventDetector(s, "s")
+    messages = [m for r in first + second for m in detector.push(r)] + detector.finish()
+    assert [(m.state, m.onset, m.offset) for m in messages] == [
+        ("start", 100.0, None),
+        ("end", 100.0, 101.5),
+        ("start", 200.0, None),
+        ("end", 200.0, 201.0),
+    ]
+    assert detector.counters.segments == 2
+    wrong = results_for("s", [(0, 300, False)], [loud[0]], 0.0)[0]
+    with pytest.raises(SoundwatchError, match=r"expects windows of 1\.0 s"):
+        detector.push(wrong)
+
+
+def test_handler_keeps_one_detector_per_stream():
+    config = EventsConfig(window=1.0, hop=0.5, agreement=1.0, trim=0.0, min_duration=0.0)
+    s = DetectorSettings.from_config(config, [Group("beep", (0,))])
+    published = []
+    handler = EventsHandler(s, published.append)
+    loud = np.array([0.9], dtype=np.float32)
+    for stream in ("a", "b"):
+        for r in results_for(stream, [(0, 100, False), (50, 150, False)], [loud] * 2, 0.0):
+            handler.on_result(r)
+    handler.on_stream_end("a")
+    handler.on_stream_end("b")
+    assert [(m.stream, m.state) for m in published] == [
+        ("a", "start"),
+        ("b", "start"),
+        ("a", "end"),
+        ("b", "end"),
+    ]
