@@ -7,6 +7,7 @@ Each subcommand is a thin layer: it parses flags, calls into the package and tur
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,11 @@ from soundwatch import __version__
 from soundwatch.errors import SoundwatchError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# OpenMP threads that spin while waiting starve the capture and frontend threads on small
+# machines (one mn04 window: 240 ms with 2 spinning threads vs 33 ms passive, measured on
+# 2 busy cores; see docs/performance.md). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def user_errors(func: F) -> F:
@@ -197,8 +203,6 @@ def _exit_now(status: int) -> None:
     Everything is already closed; terminating the ZeroMQ context first waits (up to the
     sockets' linger) until the last messages have left.
     """
-    import os
-
     import zmq
 
     zmq.Context.instance().term()
