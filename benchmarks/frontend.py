@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import numba
 import numpy as np
 import torch
 import torchaudio
+from docs_section import replace_section
 
 import soundwatch.dsp as dsp
 
@@ -341,15 +341,6 @@ def table(rows: list[Row], per_hop: Row, windowed: Row) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    content = DOCS.read_text()
-    pattern = re.compile(r"(## Frontend\n)(.*?)(?=\n## |\Z)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"no '## Frontend' section in {DOCS}")
-    section = "\n" + text.strip() + "\n"
-    DOCS.write_text(pattern.sub(lambda m: m.group(1) + section, content, count=1))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per row (median; >= 5)")
@@ -428,7 +419,7 @@ def main() -> int:
     )
     print(text)
     if args.write_docs:
-        write_docs(text)
+        replace_section("Frontend", text)
         print(f"\nwrote {DOCS.relative_to(REPO)}")
     return 0
 

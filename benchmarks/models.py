@@ -27,7 +27,6 @@ import argparse
 import copy
 import hashlib
 import platform
-import re
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from docs_section import replace_section
 
 from soundwatch.models import build_model, default_cache_dir
 from soundwatch.models.onnx_backend import OnnxTagger, export_onnx, onnx_cache_path
@@ -224,14 +224,6 @@ def notes(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    content = DOCS.read_text()
-    pattern = re.compile(r"(## Models\n)(.*?)(?=\n## |\Z)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"no '## Models' section in {DOCS}")
-    DOCS.write_text(pattern.sub(lambda m: m.group(1) + "\n" + text + "\n", content, count=1))
-
-
 def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -304,7 +296,7 @@ ONNX Runtime vs torch on a [2, 1, 128, 300] input, max abs difference: {"; ".joi
 """
     print(text)
     if args.write_docs:
-        write_docs(text)
+        replace_section("Models", text)
     return 0
 
 
