@@ -13,11 +13,14 @@ the ratio against the baseline row (1 stream, the default window and hop).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import threading
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the soundwatch command does
 
 import torch
 
