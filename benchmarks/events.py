@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,12 +53,13 @@ from soundwatch.events import (  # noqa: E402
 )
 from soundwatch.events.agreement import aggregate_steps  # noqa: E402
 from soundwatch.events.config import load_preset  # noqa: E402
-from soundwatch.events.detector import DetectorSettings, _span_times  # noqa: E402
+from soundwatch.events.detector import DetectorSettings, EventDetector, _span_times  # noqa: E402
 from soundwatch.events.groups import group_scores  # noqa: E402
 from soundwatch.events.hysteresis import Thresholds, find_spans  # noqa: E402
 from soundwatch.events.scoring import Collars, LabelledEvent, Score, score_events  # noqa: E402
 from soundwatch.events.smoothing import smooth  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
+from soundwatch.pipeline import WindowResult  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 SCENES = SHARED / "audio" / "scenes-dev"
@@ -150,7 +153,7 @@ def naive_events(
     w: Windows, settings: DetectorSettings, threshold: float = 0.3
 ) -> list[LabelledEvent]:
     """Runs of windows above ``threshold``: onset = end of the first window - 1 s."""
-    scores = group_scores(w.probs, settings.groups)
+    scores = group_scores(w.probs, settings.members)
     events = []
     for g, group in enumerate(settings.groups):
         above = np.concatenate([[0], (scores[:, g] > threshold).astype(np.int8), [0]])
@@ -191,7 +194,7 @@ def as_labelled(events: Sequence[DetectedEvent]) -> list[LabelledEvent]:
 
 # --- per-group threshold tuning -------------------------------------------------------------
 def smoothed_steps(w: Windows, settings: DetectorSettings) -> np.ndarray:
-    scores = group_scores(w.probs, settings.groups)
+    scores = group_scores(w.probs, settings.members)
     steps, _ = aggregate_steps(w.starts, w.stops, scores, settings.step_frames, settings.quantile)
     return smooth(steps, settings.smoothing, settings.smoothing_width_s, settings.step_s)
 
@@ -258,7 +261,7 @@ def with_thresholds(settings: DetectorSettings, on: np.ndarray) -> DetectorSetti
         min_steps=base.min_steps,
         max_gap_steps=base.max_gap_steps,
     )
-    return DetectorSettings(**{**settings.__dict__, "thresholds": thresholds})
+    return dataclasses.replace(settings, thresholds=thresholds)
 
 
 # --- report ------------------------------------------------------------------------------
@@ -276,6 +279,60 @@ HEADER = (
     "| method | windows | F1 | precision | recall | macro F1 | onset-only F1 "
     "| onset error (s) | matched | detected |\n"
     "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def as_results(scene: str, w: Windows) -> list[WindowResult]:
+    """The windows as the pipeline delivers them (stream clock starting at 0)."""
+    last = len(w.starts) - 1
+    return [
+        WindowResult(
+            stream=scene,
+            start_frame=int(a),
+            stop_frame=int(b),
+            t_start=a / FRAMES_PER_SECOND,
+            t_end=b / FRAMES_PER_SECOND,
+            offset_s=a / FRAMES_PER_SECOND,
+            probs=p,
+            embedding=np.zeros(0, np.float32),
+            t_ingest=0.0,
+            final=i == last,
+        )
+        for i, (a, b, p) in enumerate(zip(w.starts, w.stops, w.probs, strict=True))
+    ]
+
+
+def speed_rows(windows: dict[str, Windows], configs: dict[str, DetectorSettings]) -> list[str]:
+    """Detector cost per window: offline vs streaming, median of 5 runs over all scenes."""
+    results = {scene: as_results(scene, w) for scene, w in windows.items()}
+    n_windows = sum(len(r) for r in results.values())
+    rows = []
+    for name, settings in configs.items():
+        offline, streaming = [], []
+        for _ in range(5):
+            started = time.perf_counter()
+            for w in windows.values():
+                detect_events_offline(w.starts, w.stops, w.probs, settings)
+            offline.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            for scene, scene_results in results.items():
+                detector = EventDetector(settings, scene)
+                for result in scene_results:
+                    detector.push(result)
+                detector.finish()
+            streaming.append(time.perf_counter() - started)
+        off_us = statistics.median(offline) / n_windows * 1e6
+        on_us = statistics.median(streaming) / n_windows * 1e6
+        ratio = on_us / off_us
+        rows.append(
+            f"| {name} | {len(settings.groups)} | {off_us:.0f} | {on_us:.0f} | {ratio:.2f} |"
+        )
+    return rows
+
+
+SPEED_HEADER = (
+    "| groups | count | offline (µs/window) | streaming (µs/window) | streaming / offline |\n"
+    "|---|---|---|---|---|"
 )
 
 
@@ -383,6 +440,15 @@ def main() -> None:
         f"\ntagging all windows: {cache.seconds_tagging:.1f} s (0 when cached); soundwatch "
         f"detection over the {len(scenes)} scenes: {detect_seconds * 1000:.0f} ms"
     )
+
+    every_class = build_settings(EventsConfig(), loaded.labels, loaded.mids)
+    speed = speed_rows(
+        {scene: ours_of(scene) for scene in scenes},
+        {"esc50 preset": settings, "every class (no groups)": every_class},
+    )
+    print(f"\ndetector cost ({config.window:g} s / {config.hop:g} s windows, median of 5 runs)\n")
+    print(SPEED_HEADER)
+    print("\n".join(speed))
 
     if args.write_preset:
         everything = range(len(scenes))

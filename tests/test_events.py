@@ -178,13 +178,14 @@ def test_group_thresholds_and_durations_resolve_per_group():
         groups={
             "a": GroupConfig(labels=["x"], threshold_on=0.4),
             "b": GroupConfig(labels=["y"], threshold_off=0.05, min_duration=1.0, max_gap=0.0),
+            "c": GroupConfig(labels=["z"], min_duration=0.0),
         },
     )
-    groups = [Group("a", (0,)), Group("b", (1,))]
+    groups = [Group("a", (0,)), Group("b", (1,)), Group("c", (2,))]
     t = DetectorSettings.from_config(config, groups).thresholds
-    np.testing.assert_allclose(t.on, [0.4, 0.2])
-    np.testing.assert_allclose(t.off, [0.12, 0.05])  # off defaults to 0.3 x on
-    assert list(t.min_steps) == [5, 10] and list(t.max_gap_steps) == [10, 0]
+    np.testing.assert_allclose(t.on, [0.4, 0.2, 0.2])
+    np.testing.assert_allclose(t.off, [0.12, 0.05, 0.06])  # off defaults to 0.3 x on
+    assert list(t.min_steps) == [5, 10, 0] and list(t.max_gap_steps) == [10, 0, 10]
     defaults = DetectorSettings.from_config(EventsConfig(), groups[:1]).thresholds
     assert (defaults.on[0], defaults.off[0]) == (np.float32(0.1), np.float32(0.03))
 

@@ -25,8 +25,14 @@ import numpy as np
 from soundwatch.dsp.windows import FRAMES_PER_SECOND
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.agreement import StepAggregator, aggregate_steps
-from soundwatch.events.config import DEFAULT_OFF_RATIO, EventsConfig
-from soundwatch.events.groups import Group, group_scores, load_ontology, resolve_groups
+from soundwatch.events.config import DEFAULT_OFF_RATIO, EventsConfig, GroupConfig
+from soundwatch.events.groups import (
+    Group,
+    group_scores,
+    load_ontology,
+    member_table,
+    resolve_groups,
+)
 from soundwatch.events.hysteresis import HysteresisTracker, Span, Thresholds, Update, find_spans
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.sinks.messages import Event
@@ -54,6 +60,10 @@ class DetectorSettings:
     smoothing: str
     smoothing_width_s: float
     thresholds: Thresholds
+    members: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", member_table(self.groups))
 
     @property
     def step_s(self) -> float:
@@ -75,26 +85,20 @@ class DetectorSettings:
         )
         on, off, min_steps, max_gap = [], [], [], []
         for group in groups:
-            spec = specs.get(group.name)
-            g_on = spec.threshold_on if spec and spec.threshold_on is not None else None
-            g_off = spec.threshold_off if spec and spec.threshold_off is not None else None
-            if g_on is None:
-                g_on = config.threshold_on
-                g_off = g_off if g_off is not None else g_on * off_ratio
-            elif g_off is None:
-                g_off = g_on * off_ratio
+            spec = specs.get(group.name) or GroupConfig(labels=[group.name])
+            g_on = config.threshold_on if spec.threshold_on is None else spec.threshold_on
+            g_off = g_on * off_ratio if spec.threshold_off is None else spec.threshold_off
             if g_off > g_on:
                 raise SoundwatchError(
                     f"events.groups.{group.name}: threshold_off {g_off} is above threshold_on "
                     f"{g_on}; hysteresis needs off <= on"
                 )
-            duration = spec.min_duration if spec and spec.min_duration is not None else None
-            gap = spec.max_gap if spec and spec.max_gap is not None else None
+            duration = config.min_duration if spec.min_duration is None else spec.min_duration
+            gap = config.max_gap if spec.max_gap is None else spec.max_gap
             on.append(g_on)
             off.append(g_off)
-            min_steps.append(math.ceil((duration or config.min_duration) / step_s - 1e-9))
-            gap_s = config.max_gap if gap is None else gap
-            max_gap.append(math.floor(gap_s / step_s + 1e-9))
+            min_steps.append(math.ceil(duration / step_s - 1e-9))
+            max_gap.append(math.floor(gap / step_s + 1e-9))
         thresholds = Thresholds(
             on=np.asarray(on, dtype=np.float32),
             off=np.asarray(off, dtype=np.float32),
@@ -165,7 +169,7 @@ def detect_events_offline(
     probabilities ``[N, num_classes]``), in the order a live detector announces them."""
     if len(starts) == 0:
         return []
-    scores = group_scores(np.asarray(probs, dtype=np.float32), settings.groups)
+    scores = group_scores(np.asarray(probs, dtype=np.float32), settings.members)
     steps, _ = aggregate_steps(starts, stops, scores, settings.step_frames, settings.quantile)
     smoothed = smooth(steps, settings.smoothing, settings.smoothing_width_s, settings.step_s)
     spans: list[Span] = find_spans(smoothed, settings.thresholds)

@@ -106,12 +106,22 @@ def resolve_groups(
     return groups
 
 
-def group_scores(probs: np.ndarray, groups: Sequence[Group]) -> np.ndarray:
-    """``[..., num_classes]`` probabilities -> ``[..., num_groups]`` (max within each group)."""
-    out = np.empty((*probs.shape[:-1], len(groups)), dtype=np.float32)
-    for g, group in enumerate(groups):
-        out[..., g] = probs[..., list(group.indices)].max(axis=-1)
-    return out
+def group_scores(probs: np.ndarray, groups: Sequence[Group] | np.ndarray) -> np.ndarray:
+    """``[..., num_classes]`` probabilities -> ``[..., num_groups]`` (max within each group).
+
+    ``groups`` may be a :func:`member_table` already built (what the detector does)."""
+    table = groups if isinstance(groups, np.ndarray) else member_table(groups)
+    return probs[..., table].max(axis=-1).astype(np.float32, copy=False)
+
+
+def member_table(groups: Sequence[Group]) -> np.ndarray:
+    """``[G, M]`` class indices, each group's row padded by repeating its first class, so
+    one fancy-indexed ``max`` scores all groups at once."""
+    width = max((len(g.indices) for g in groups), default=1)
+    table = np.empty((len(groups), width), dtype=np.intp)
+    for row, group in enumerate(groups):
+        table[row] = list(group.indices) + [group.indices[0]] * (width - len(group.indices))
+    return table
 
 
 def load_ontology(path: str | Path) -> dict[str, dict[str, Any]]:
