@@ -24,6 +24,7 @@ from soundwatch.events.groups import Group, group_scores
 from soundwatch.events.scoring import Collars, LabelledEvent, match, score_events
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.pipeline import WindowResult
+from soundwatch.sinks.messages import decode, encode
 
 # --- scoring ------------------------------------------------------------------------------
 
@@ -392,3 +393,7 @@ def test_handler_keeps_one_detector_per_stream():
         ("a", "end"),
         ("b", "end"),
     ]
+    for message in published:  # valid wire messages
+        message.seq = 0
+        assert decode(*encode(message)) == message
+    assert published[0].offset is None and published[2].offset == 1.5
