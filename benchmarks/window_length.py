@@ -80,7 +80,7 @@ def main() -> None:
             mel = logmel(loudest_crop(wave, seconds))
             probs, _ = tagger.worker.infer(mel[None])
             crop_hits += categories[int(np.argmax(category_scores(probs[0], indices)))] == category
-            results = tag_file(path, tagger, window_s=seconds, hop_s=min(args.hop, seconds))
+            results = tag_file(path, tagger, window_s=seconds, hop_s=min(args.hop, seconds)).windows
             best = np.max([category_scores(r.probs, indices) for r in results], axis=0)
             sliding_hits += categories[int(np.argmax(best))] == category
         elapsed = time.perf_counter() - started

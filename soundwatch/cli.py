@@ -86,6 +86,27 @@ def devices() -> None:
         )
 
 
+def _model_and_window_overrides(
+    model_name: str | None,
+    weights: Path | None,
+    device: str | None,
+    backend: str | None,
+    threads: int | None,
+    window: float | None,
+    hop: float | None,
+) -> dict[str, Any]:
+    """The config keys that ``run`` and ``tag`` flags share (None: flag not given)."""
+    return {
+        "model.name": model_name,
+        "model.weights": weights,
+        "model.device": device,
+        "model.backend": backend,
+        "model.threads": threads,
+        "windows.window": window,
+        "windows.hop": hop,
+    }
+
+
 def _setup_logging(verbose: bool) -> None:
     import logging
 
@@ -161,13 +182,9 @@ def run(
             "publish.jsonl": jsonl,
             "publish.wait_for_subscribers": wait_for,
             "pipeline.pace": pace,
-            "model.name": model_name,
-            "model.weights": weights,
-            "model.device": device,
-            "model.backend": backend,
-            "model.threads": threads,
-            "windows.window": window,
-            "windows.hop": hop,
+            **_model_and_window_overrides(
+                model_name, weights, device, backend, threads, window, hop
+            ),
         },
     )
 
@@ -213,75 +230,110 @@ def _exit_now(status: int) -> None:
 
 @main.command("tag")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "model_name", default="mn04", show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "model_name", metavar="NAME", help="mn04 (default), mn10, dymn10, ...")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--window", type=float, default=None, help="seconds (default: config.yaml's)")
-@click.option("--hop", type=float, default=None, help="seconds (default: config.yaml's)")
+@click.option("--window", type=float, help="seconds (default: the config's, 3)")
+@click.option("--hop", type=float, help="seconds (default: the config's, 0.5)")
 @click.option("--top", "top_k", type=int, default=5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per window")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per window (or event)")
 @click.option("--probs", is_flag=True, help="with --json: all probabilities in label order")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch")
+@click.option("--events", "show_events", is_flag=True, help="print sound events, not windows")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--backend", type=click.Choice(["torch", "onnx"]))
 @click.option("--threads", type=int)
 @user_errors
 def tag(
     paths: tuple[str, ...],
-    model_name: str,
+    config_path: Path | None,
+    model_name: str | None,
     weights: Path | None,
     window: float | None,
     hop: float | None,
     top_k: int,
     as_json: bool,
     probs: bool,
-    device: str,
-    backend: str,
+    show_events: bool,
+    device: str | None,
+    backend: str | None,
     threads: int | None,
 ) -> None:
-    """Tag audio files (WAV, FLAC, OGG; any rate and channels) with sliding windows."""
-    import json
+    """Tag audio files (WAV, FLAC, OGG; any rate and channels) with sliding windows.
 
-    import numpy as np
-
-    from soundwatch.config import Config, apply_overrides
+    With --events, print the sound events the live pipeline would publish for each file
+    (times in seconds from the file's start).
+    """
+    from soundwatch.config import apply_overrides, load_config
     from soundwatch.runner import Tagger, tag_file
 
     config = apply_overrides(
-        Config(),
-        {
-            "model.name": model_name,
-            "model.weights": weights,
-            "model.device": device,
-            "model.backend": backend,
-            "model.threads": threads,
-            "windows.window": window,
-            "windows.hop": hop,
-        },
+        load_config(config_path),
+        _model_and_window_overrides(model_name, weights, device, backend, threads, window, hop),
     )
     tagger = Tagger.from_config(config)
-    labels = tagger.labels
+    if show_events and not config.events.enabled:
+        raise SoundwatchError("events are disabled in the config (events.enabled: false)")
     failed = 0
     for path in paths:
         try:
-            results = tag_file(path, tagger, config.windows.window, config.windows.hop)
+            tagged = tag_file(
+                path,
+                tagger,
+                config.windows.window,
+                config.windows.hop,
+                events=config.events if show_events else None,
+            )
         except SoundwatchError as error:
             click.echo(f"soundwatch: error: {error}", err=True)
             failed += 1
             continue
-        for result in results:
-            order = np.argsort(result.probs)[::-1][:top_k]
-            top = [[labels[i], round(float(result.probs[i]), 4)] for i in order]
-            t_start = round(result.offset_s, 3)
-            t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
-            if as_json:
-                record: dict = {"file": path, "t_start": t_start, "t_end": t_end, "top": top}
-                if probs:
-                    record["probs"] = [round(float(p), 6) for p in result.probs]
-                click.echo(json.dumps(record))
-            else:
-                shown = ", ".join(f"{label} {p:.2f}" for label, p in top)
-                click.echo(f"{path} {t_start:7.2f}-{t_end:7.2f}s  {shown}")
+        if show_events:
+            _print_events(path, tagged, as_json)
+        else:
+            _print_windows(path, tagged, tagger.labels, top_k, as_json, probs)
     if failed:
         sys.exit(1)
+
+
+def _print_windows(
+    path: str, tagged: Any, labels: list[str], top_k: int, as_json: bool, probs: bool
+) -> None:
+    import json
+
+    import numpy as np
+
+    for result in tagged.windows:
+        order = np.argsort(result.probs)[::-1][:top_k]
+        top = [[labels[i], round(float(result.probs[i]), 4)] for i in order]
+        t_start = round(result.offset_s, 3)
+        t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
+        if as_json:
+            record: dict = {"file": path, "t_start": t_start, "t_end": t_end, "top": top}
+            if probs:
+                record["probs"] = [round(float(p), 6) for p in result.probs]
+            click.echo(json.dumps(record))
+        else:
+            shown = ", ".join(f"{label} {p:.2f}" for label, p in top)
+            click.echo(f"{path} {t_start:7.2f}-{t_end:7.2f}s  {shown}")
+
+
+def _print_events(path: str, tagged: Any, as_json: bool) -> None:
+    import json
+
+    for event in tagged.finished_events():
+        onset = round(event.onset - tagged.origin, 2)
+        offset = round(event.offset - tagged.origin, 2)
+        if as_json:
+            record = {
+                "file": path,
+                "label": event.label,
+                "onset": onset,
+                "offset": offset,
+                "peak": round(event.peak, 4),
+            }
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{path} {onset:7.2f}-{offset:7.2f}s  {event.label} (peak {event.peak:.2f})")
 
 
 @main.command("tail")

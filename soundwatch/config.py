@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.events.config import EventsConfig
+from soundwatch.validation import StrictModel, format_validation_error
 
 MODEL_NAMES = (
     "mn01",
@@ -31,13 +33,7 @@ MODEL_NAMES = (
 )
 
 
-class _Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
     """One audio stream: where it comes from and how to open it."""
 
     id: str | None = Field(default=None, description="stream id; default derived from the spec")
@@ -55,7 +51,7 @@ class SourceConfig(_Strict):
         return value
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Which tagger runs, where its weights come from and on what device."""
 
     name: Literal[MODEL_NAMES] = "mn04"  # type: ignore[valid-type]
@@ -65,7 +61,7 @@ class ModelConfig(_Strict):
     backend: Literal["torch", "onnx"] = "torch"
 
 
-class WindowConfig(_Strict):
+class WindowConfig(StrictModel):
     """Sliding analysis windows: a window of ``window`` seconds every ``hop`` seconds."""
 
     window: float = Field(default=3.0, ge=0.32, le=30.0)
@@ -81,7 +77,7 @@ class WindowConfig(_Strict):
         return self
 
 
-class PublishConfig(_Strict):
+class PublishConfig(StrictModel):
     """Where results go: ZeroMQ PUB endpoints and an optional JSON-lines sink."""
 
     endpoints: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5557"])
@@ -103,7 +99,7 @@ class PublishConfig(_Strict):
         return value
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     """How audio is paced and how far inference may fall behind before windows are dropped."""
 
     pace: Literal["realtime", "fast"] = "realtime"
@@ -111,7 +107,7 @@ class PipelineConfig(_Strict):
     max_batch: int = Field(default=32, ge=1, le=1024)
 
 
-class Config(_Strict):
+class Config(StrictModel):
     """The whole soundwatch configuration (the layout of ``config.yaml``)."""
 
     sources: list[SourceConfig] = Field(
@@ -121,33 +117,7 @@ class Config(_Strict):
     windows: WindowConfig = Field(default_factory=WindowConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
-    # Events (smoothing, hysteresis, groups) are configured in their own section; kept as a
-    # free mapping here and validated by soundwatch.sinks.events when present.
-    events: dict[str, Any] = Field(default_factory=dict)
-
-
-def _format_location(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-def _format_errors(error: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration in {origin}:"]
-    for item in error.errors():
-        key = _format_location(item["loc"]) or "(top level)"
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check its spelling; see config.yaml for all keys)")
-            continue
-        bad = item.get("input")
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {message} (got {bad!r})")
-    return "\n".join(lines)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 def parse_config(data: Any, origin: str = "<config>") -> Config:
@@ -162,7 +132,7 @@ def parse_config(data: Any, origin: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        raise SoundwatchError(_format_errors(error, origin)) from None
+        raise SoundwatchError(format_validation_error(error, origin)) from None
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -35,6 +35,8 @@ from soundwatch.stream import AudioBlock, Source
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 32000
+TAGS = "tags"  # the window series published as tags
+EVENTS = "events"  # the window series the event detector reads (may be the same windows)
 RESYNC_TOLERANCE_S = 0.02  # a block this far (s) from where the stream clock expects it: a gap
 
 
@@ -71,6 +73,7 @@ class WindowResult:
     embedding: np.ndarray
     t_ingest: float  # time.monotonic() when the window's last audio entered the source
     final: bool  # the stream (or a segment of it) ended with this window
+    purposes: frozenset[str] = frozenset({TAGS})  # which window series it belongs to
 
 
 class ResultHandler(Protocol):
@@ -91,6 +94,24 @@ class _Pending:
     window: MelWindow
     t_origin: float
     t_ingest: float
+    purposes: frozenset[str]
+
+
+def window_series(
+    window_s: float, hop_s: float, events: tuple[float, float] | None
+) -> dict[frozenset[str], tuple[float, float]]:
+    """The window series to cut, keyed by the purposes they serve.
+
+    The tags windows always; the event detector's when ``events`` is given, sharing the
+    tags windows (no extra inference) when window and hop are the same.
+    """
+    if events is None:
+        return {frozenset({TAGS}): (window_s, hop_s)}
+    if seconds_to_frames(events[0]) == seconds_to_frames(window_s) and seconds_to_frames(
+        events[1]
+    ) == seconds_to_frames(hop_s):
+        return {frozenset({TAGS, EVENTS}): (window_s, hop_s)}
+    return {frozenset({TAGS}): (window_s, hop_s), frozenset({EVENTS}): events}
 
 
 class WindowQueue:
@@ -143,11 +164,19 @@ class StreamState:
         """NaN/Inf samples seen so far, over all segments."""
         return self.counters.nonfinite_samples + self.frontend.nonfinite_samples
 
-    def __init__(self, source: Source, window_s: float, hop_s: float, block_when_full: bool):
+    def __init__(
+        self,
+        source: Source,
+        series: dict[frozenset[str], tuple[float, float]],
+        block_when_full: bool,
+    ):
         self.source = source
         self.id = source.id
         self.frontend = StreamingLogMel()
-        self.windower = MelWindower(seconds_to_frames(window_s), seconds_to_frames(hop_s))
+        self.windowers = {
+            purposes: MelWindower(seconds_to_frames(window_s), seconds_to_frames(hop_s))
+            for purposes, (window_s, hop_s) in series.items()
+        }
         self.block_when_full = block_when_full
         self.counters = StreamCounters()
         self.first_t: float | None = None  # Unix time of the stream's very first sample
@@ -177,17 +206,18 @@ class StreamState:
                 self._start_segment(block.t_start)
         self._samples_in_segment += len(block.samples)
         frames = self.frontend.push(block.samples)
-        for window in self.windower.push(frames):
-            self._enqueue(window, queue, block.t_ingest)
+        for purposes, windower in self.windowers.items():
+            for window in windower.push(frames):
+                self._enqueue(window, purposes, queue, block.t_ingest)
 
     def end_segment(self, queue: WindowQueue, t_ingest: float) -> None:
         """Flush the frontend and windower: the tail of the audio becomes a last window."""
         if self._segment_origin is None:
             return
         frames = self.frontend.flush()
-        windows = self.windower.push(frames) + self.windower.flush()
-        for window in windows:
-            self._enqueue(window, queue, t_ingest)
+        for purposes, windower in self.windowers.items():
+            for window in windower.push(frames) + windower.flush():
+                self._enqueue(window, purposes, queue, t_ingest)
         self.counters.nonfinite_samples += self.frontend.nonfinite_samples  # reset zeroes it
         self.frontend.reset()
         self._segment_origin = None
@@ -198,9 +228,11 @@ class StreamState:
         if self.first_t is None:
             self.first_t = t_start
 
-    def _enqueue(self, window: MelWindow, queue: WindowQueue, t_ingest: float) -> None:
+    def _enqueue(
+        self, window: MelWindow, purposes: frozenset[str], queue: WindowQueue, t_ingest: float
+    ) -> None:
         assert self._segment_origin is not None
-        item = _Pending(self, window, self._segment_origin, t_ingest)
+        item = _Pending(self, window, self._segment_origin, t_ingest, purposes)
         queue.put(item, block=self.block_when_full)
 
     def record_drop(self) -> None:
@@ -240,6 +272,7 @@ class Pipeline:
         max_pending_windows: int = 64,
         max_batch: int = 32,
         fast: Callable[[Source], bool] = lambda source: False,
+        events_window: tuple[float, float] | None = None,
     ) -> None:
         ids = [source.id for source in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -248,7 +281,8 @@ class Pipeline:
                 f"stream ids must be unique, got {duplicates} more than once; "
                 "name them with --source ID=SPEC"
             )
-        self.streams = [StreamState(s, window_s, hop_s, block_when_full=fast(s)) for s in sources]
+        series = window_series(window_s, hop_s, events_window)
+        self.streams = [StreamState(s, series, block_when_full=fast(s)) for s in sources]
         self.infer = infer
         self.handlers = list(handlers)
         self.window_s = window_s
@@ -355,18 +389,23 @@ class Pipeline:
             self.queue.close()
 
     def _process(self, batch: list[_Pending]) -> None:
-        # Windows of one length form one forward pass (only final windows are shorter).
-        by_length: dict[int, list[_Pending]] = {}
-        for item in batch:
-            by_length.setdefault(item.window.mel.shape[1], []).append(item)
-        for items in by_length.values():
-            mels = np.stack([item.window.mel for item in items])
-            probs, embeddings = self.infer(mels)
+        # Windows of one length form one forward pass (final windows may be shorter, and
+        # event windows may differ); results are then delivered in queue order, so each
+        # stream's windows reach the handlers in time order.
+        by_length: dict[int, list[int]] = {}
+        for index, item in enumerate(batch):
+            by_length.setdefault(item.window.mel.shape[1], []).append(index)
+        outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for indices in by_length.values():
+            items = [batch[i] for i in indices]
+            probs, embeddings = self.infer(np.stack([item.window.mel for item in items]))
             self.batches.forward_passes += 1
             self.batches.windows += len(items)
             self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
-            for item, p, e in zip(items, probs, embeddings, strict=True):
-                self._deliver(item, p, e)
+            for i, p, e in zip(indices, probs, embeddings, strict=True):
+                outputs[i] = (p, e)
+        for index, item in enumerate(batch):
+            self._deliver(item, *outputs[index])
 
     def _deliver(self, item: _Pending, probs: np.ndarray, embedding: np.ndarray) -> None:
         state, window = item.state, item.window
@@ -384,11 +423,13 @@ class Pipeline:
             embedding=embedding,
             t_ingest=item.t_ingest,
             final=window.final,
+            purposes=item.purposes,
         )
         for handler in self.handlers:
             handler.on_result(result)
-        state.counters.windows_tagged += 1
-        state.last_t_end = t_end
+        if TAGS in item.purposes:
+            state.counters.windows_tagged += 1
+            state.last_t_end = t_end
 
 
 @dataclass

@@ -19,9 +19,11 @@ from types import FrameType
 from soundwatch.config import Config, SourceConfig
 from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.errors import SoundwatchError
+from soundwatch.events import EventsConfig, EventsHandler, build_settings
 from soundwatch.models import InferenceWorker, LoadedModel, load_model
-from soundwatch.pipeline import Collector, Pipeline, WindowResult
+from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
 from soundwatch.sinks.live import LivePublisher
+from soundwatch.sinks.messages import Event
 from soundwatch.sinks.publisher import JsonLinesOutput, Output, Publisher, ZmqOutput
 from soundwatch.stream import Source, list_input_devices, open_source, parse_source_arg
 
@@ -49,6 +51,21 @@ class Tagger:
     @property
     def labels(self) -> list[str]:
         return list(self.loaded.labels)
+
+    def events_handler(
+        self, config: EventsConfig, publish: Callable[[Event], None]
+    ) -> EventsHandler | None:
+        """An event detector per stream, or None when events are disabled."""
+        if not config.enabled:
+            return None
+        settings = build_settings(
+            config, self.loaded.labels, self.loaded.mids, self.loaded.weights_path.parent
+        )
+        return EventsHandler(settings, publish)
+
+
+def events_window(config: EventsConfig) -> tuple[float, float] | None:
+    return (config.window, config.hop) if config.enabled else None
 
 
 def resolve_source_spec(spec: str) -> str:
@@ -146,6 +163,7 @@ def run_live(
             max_pending_windows=config.pipeline.max_pending_windows,
             max_batch=config.pipeline.max_batch,
             fast=lambda source: is_fast(source, config),
+            events_window=events_window(config.events),
         )
         live = LivePublisher(
             publisher,
@@ -158,6 +176,9 @@ def run_live(
             status_interval=config.publish.status_interval,
         )
         pipeline.handlers.append(live)
+        events = tagger.events_handler(config.events, live.publish_event)
+        if events is not None:
+            pipeline.handlers.append(events)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):
@@ -206,17 +227,44 @@ class _stop_on_signals:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
-def tag_file(path: str | Path, tagger: Tagger, window_s: float, hop_s: float) -> list[WindowResult]:
-    """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast`` does."""
+@dataclass
+class FileTags:
+    """What ``soundwatch tag`` finds in one file: tag windows and (optionally) events."""
+
+    windows: list[WindowResult]
+    events: list[Event]  # start and end messages, Unix times
+    origin: float  # Unix time of the file's first sample in those messages
+
+    def finished_events(self) -> list[Event]:
+        """The events as they ended (``state="end"``), in order of their end."""
+        return [event for event in self.events if event.state == "end"]
+
+
+def tag_file(
+    path: str | Path,
+    tagger: Tagger,
+    window_s: float,
+    hop_s: float,
+    events: EventsConfig | None = None,
+) -> FileTags:
+    """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast``
+    does; with ``events``, also the events the live pipeline would publish for it."""
     source = open_source(Path(path).stem or "file", f"file:{path}", pace="fast")
     collector = Collector()
+    found: list[Event] = []
+    handlers: list = [collector]
+    if events is not None and (handler := tagger.events_handler(events, found.append)):
+        handlers.append(handler)
     pipeline = Pipeline(
         [source],
         tagger.worker.infer,
-        [collector],
+        handlers,
         window_s=window_s,
         hop_s=hop_s,
         fast=lambda _: True,
+        events_window=events_window(events) if events is not None else None,
     )
     pipeline.run()
-    return collector.results
+    windows = [r for r in collector.results if TAGS in r.purposes]
+    origin = pipeline.streams[0].first_t
+    return FileTags(windows, found, origin if origin is not None else 0.0)

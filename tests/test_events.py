@@ -23,7 +23,7 @@ from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
 from soundwatch.events.scoring import Collars, LabelledEvent, match, score_events
 from soundwatch.events.smoothing import Smoother, smooth
-from soundwatch.pipeline import WindowResult
+from soundwatch.pipeline import EVENTS, TAGS, WindowResult
 from soundwatch.sinks.messages import decode, encode
 
 # --- scoring ------------------------------------------------------------------------------
@@ -224,6 +224,7 @@ def results_for(stream, placement, probs, origin) -> list[WindowResult]:
             embedding=np.zeros(1, np.float32),
             t_ingest=0.0,
             final=final,
+            purposes=frozenset({TAGS, EVENTS}),  # the pipeline's shared tags/events windows
         )
         for (a, b, final), p in zip(placement, probs, strict=True)
     ]

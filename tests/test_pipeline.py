@@ -47,7 +47,7 @@ def test_tag_equals_run_fast_and_live_publishing(tagger: Tagger, shared) -> None
     """``tag FILE`` and ``run --source file:FILE --pace fast`` give the same probabilities;
     every tags message arrives with contiguous seq, and the status reports the run."""
     speech = shared("audio/clips/speech.wav")
-    offline = tag_file(speech, tagger, window_s=3.0, hop_s=1.0)
+    offline = tag_file(speech, tagger, window_s=3.0, hop_s=1.0).windows
     assert len(offline) == 8  # 10 s: windows at 0..7 s, the last ending at 10 s
     assert tagger.labels[int(np.argmax(offline[0].probs))] == "Speech"
 

@@ -12,19 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.validation import StrictModel, format_validation_error
 
 PRESETS = ("esc50",)
 DEFAULT_OFF_RATIO = 0.3  # threshold_off / threshold_on when threshold_off is not given
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class GroupConfig(_Strict):
+class GroupConfig(StrictModel):
     """One event label: the classes it pools and, optionally, its own thresholds."""
 
     labels: list[str] = Field(default_factory=list, description="AudioSet names or /m/ ids")
@@ -52,7 +49,7 @@ class GroupConfig(_Strict):
         return self
 
 
-class SmoothingConfig(_Strict):
+class SmoothingConfig(StrictModel):
     """Smoothing of each group's score over time steps (after window agreement)."""
 
     method: Literal["none", "median", "ema"] = "none"
@@ -65,7 +62,29 @@ class SmoothingConfig(_Strict):
     )
 
 
-class EventsConfig(_Strict):
+#: Added to the preset by default: what a home listener wants beyond the ESC-50 sounds.
+#: Named by labels (not ontology subtrees) so they need no ontology file.
+DEFAULT_GROUPS = {
+    "speech": GroupConfig(
+        labels=[
+            "Speech",
+            "Male speech, man speaking",
+            "Female speech, woman speaking",
+            "Child speech, kid speaking",
+            "Conversation",
+            "Narration, monologue",
+        ],
+        threshold_on=0.3,
+    ),
+    "music": GroupConfig(labels=["Music"], threshold_on=0.3),
+    "alarm": GroupConfig(
+        labels=["Alarm", "Smoke detector, smoke alarm", "Fire alarm", "Buzzer", "Beep, bleep"],
+        threshold_on=0.2,
+    ),
+}
+
+
+class EventsConfig(StrictModel):
     """Sound events from window scores: agreement, smoothing, hysteresis, durations."""
 
     enabled: bool = True
@@ -107,10 +126,11 @@ class EventsConfig(_Strict):
         default=1.0, ge=0.0, le=600.0, description="shorter silences do not split an event"
     )
     preset: Literal[PRESETS] | None = Field(  # type: ignore[valid-type]
-        default=None,
-        description="built-in groups (with tuned thresholds); groups below add to or override them",
+        default="esc50",
+        description="built-in groups (with tuned thresholds); groups below add to or override "
+        "them; null: only the groups below, or every class its own group if there are none",
     )
-    groups: dict[str, GroupConfig] = Field(default_factory=dict)
+    groups: dict[str, GroupConfig] = Field(default_factory=lambda: dict(DEFAULT_GROUPS))
     ontology: Path | None = Field(
         default=None, description="ontology.json for subtrees; null: beside the model weights"
     )
@@ -146,18 +166,6 @@ class EventsConfig(_Strict):
         return merged
 
 
-def _format(error: ValidationError, origin: str) -> str:
-    lines = [f"invalid events configuration in {origin}:"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in ("events", *item["loc"]))
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check its spelling; see docs/events.md)")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
-
-
 def parse_events_config(data: Any, origin: str = "<config>") -> EventsConfig:
     """Validate the ``events`` mapping of a config into :class:`EventsConfig`."""
     if data is None:
@@ -172,7 +180,7 @@ def parse_events_config(data: Any, origin: str = "<config>") -> EventsConfig:
     try:
         return EventsConfig.model_validate(data)
     except ValidationError as error:
-        raise SoundwatchError(_format(error, origin)) from None
+        raise SoundwatchError(format_validation_error(error, origin, ("events",))) from None
 
 
 def load_preset(name: str) -> dict[str, GroupConfig]:
@@ -184,4 +192,6 @@ def load_preset(name: str) -> dict[str, GroupConfig]:
     try:
         return {k: GroupConfig.model_validate(v) for k, v in data["groups"].items()}
     except ValidationError as error:  # a packaging bug, not user input
-        raise SoundwatchError(_format(error, f"preset {name}")) from None
+        raise SoundwatchError(
+            format_validation_error(error, f"events preset {name}", ("groups",))
+        ) from None

@@ -27,6 +27,10 @@ class EventsHandler:
         return self.detectors[stream]
 
     def on_result(self, result: WindowResult) -> None:
+        from soundwatch.pipeline import EVENTS
+
+        if EVENTS not in result.purposes:
+            return
         for message in self.detector(result.stream).push(result):
             self.publish(message)
 

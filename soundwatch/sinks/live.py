@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from soundwatch.pipeline import StreamState, WindowResult
+from soundwatch.pipeline import TAGS, StreamState, WindowResult
 from soundwatch.sinks.messages import Envelope, Status, Tags
 from soundwatch.sinks.publisher import Publisher
 
@@ -54,6 +54,8 @@ class LivePublisher:
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
 
     def on_result(self, result: WindowResult) -> None:
+        if TAGS not in result.purposes:
+            return
         top = np.argsort(result.probs)[::-1][: self.top_k]
         self.publisher.publish(
             Tags(

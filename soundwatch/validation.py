@@ -1,0 +1,42 @@
+"""Strict pydantic models and one error format for every configuration section.
+
+An unknown key, a wrong type or an out-of-range value becomes one message naming the key
+(``model.threads``, ``events.groups.dog.threshold_on``), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def format_validation_error(
+    error: ValidationError, origin: str, prefix: tuple[str, ...] = ()
+) -> str:
+    """``invalid configuration in <origin>:`` and one line per problem."""
+    lines = [f"invalid configuration in {origin}:"]
+    for item in error.errors():
+        key = _location((*prefix, *item["loc"])) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check its spelling; see config.yaml for all keys)")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
