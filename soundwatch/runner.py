@@ -175,10 +175,10 @@ def run_live(
             top_k=config.publish.top_k,
             status_interval=config.publish.status_interval,
         )
-        pipeline.handlers.append(live)
         events = tagger.events_handler(config.events, live.publish_event)
         if events is not None:
-            pipeline.handlers.append(events)
+            pipeline.handlers.append(events)  # first: its last events precede the final status
+        pipeline.handlers.append(live)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):

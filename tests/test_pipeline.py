@@ -19,7 +19,7 @@ from soundwatch.client import Subscriber
 from soundwatch.config import Config, apply_overrides
 from soundwatch.pipeline import Collector, Pipeline
 from soundwatch.runner import Tagger, run_live, tag_file
-from soundwatch.sinks.messages import Status, Tags
+from soundwatch.sinks.messages import Event, Status, Tags
 from soundwatch.stream import open_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,3 +253,89 @@ def test_nonfinite_samples_are_counted_not_propagated(tagger: Tagger, tmp_path: 
     assert pipeline.streams[0].nonfinite_samples == 11
     assert collector.results
     assert all(np.isfinite(r.probs).all() for r in collector.results)
+
+
+def typing_silence_speech(shared, tmp_path: Path) -> tuple[Path, float]:
+    """A file of typing, 3 s of silence, then speech; returns it and the speech onset."""
+    import soundfile
+
+    typing, rate = soundfile.read(shared("audio/clips/typing.wav"), dtype="float32")
+    speech, _ = soundfile.read(shared("audio/clips/speech.wav"), dtype="float32")
+    path = tmp_path / "typing_silence_speech.wav"
+    soundfile.write(path, np.concatenate([typing, np.zeros(3 * rate, np.float32), speech]), rate)
+    return path, (len(typing) + 3 * rate) / rate
+
+
+def test_events_are_published_live_with_start_and_end(tagger: Tagger, shared, tmp_path) -> None:
+    """The default config publishes events.<stream>: a start when a sound is known, an end
+    when it is over, with the envelope's contiguous seq; tags keep their own seq."""
+    path, speech_onset = typing_silence_speech(shared, tmp_path)
+    endpoint = free_endpoint()
+    config = apply_overrides(
+        Config(),
+        {
+            "sources": [{"id": "desk", "spec": f"file:{path}"}],
+            "pipeline.pace": "fast",
+            "publish.endpoints": [endpoint],
+            "publish.wait_for_subscribers": 1,
+        },
+    )
+    received: list = []
+    finished = threading.Event()
+    with Subscriber(endpoint, topics=["events.", "status."]) as subscriber:
+
+        def read() -> None:  # a SUB socket only connects while its thread uses it
+            while (message := subscriber.receive(timeout=2)) is not None or not finished.is_set():
+                if message is not None:
+                    received.append(message)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        run_live(config, tagger=tagger, install_signal_handlers=False)
+        finished.set()
+        reader.join(30)
+    assert isinstance(received[-1], Status)  # the final status comes after the last event
+    events = [m for m in received if isinstance(m, Event)]
+    assert [m.seq for m in events] == list(range(len(events)))
+    assert all(m.topic == "events.desk" for m in events)
+    by_id: dict[int, list[Event]] = {}
+    for message in events:
+        by_id.setdefault(message.event_id, []).append(message)
+    for messages in by_id.values():
+        assert [m.state for m in messages] == ["start", "end"]
+        start, end = messages
+        assert start.offset is None and end.offset is not None
+        assert start.onset == end.onset < end.offset
+        assert start.t_pub <= end.t_pub
+    origin = min(m.onset for m in events) - 0.5  # typing starts at the file's start
+    labels = [(m.label, m.onset) for m in events if m.state == "start"]
+    assert ("keyboard_typing", pytest.approx(origin + 0.5, abs=0.6)) in [
+        (label, onset) for label, onset in labels if label == "keyboard_typing"
+    ]
+    speech = [onset for label, onset in labels if label == "speech"]
+    assert speech, labels
+    assert speech[0] - min(m.onset for m in events) == pytest.approx(speech_onset, abs=0.6)
+
+
+def test_event_windows_differing_from_tag_windows_get_their_own_series(tagger, shared) -> None:
+    """Tags every 1 s of 1 s windows; events on 3 s windows every 0.5 s: two window
+    series from the same mel frames, each delivered to its own consumers in time order."""
+    speech = shared("audio/clips/speech.wav")
+    source = open_source("s", f"file:{speech}", pace="fast")
+    collector = Collector()
+    pipeline = Pipeline(
+        [source],
+        tagger.worker.infer,
+        [collector],
+        window_s=1.0,
+        hop_s=1.0,
+        fast=lambda _: True,
+        events_window=(3.0, 0.5),
+    )
+    pipeline.run()
+    tags = [r for r in collector.results if r.purposes == {"tags"}]
+    events = [r for r in collector.results if r.purposes == {"events"}]
+    assert [r.start_frame for r in tags] == list(range(0, 1000, 100))
+    assert [r.start_frame for r in events] == list(range(0, 701, 50))
+    assert all(r.stop_frame - r.start_frame == 300 for r in events)
+    assert pipeline.streams[0].counters.windows_tagged == len(tags)

@@ -61,3 +61,25 @@ def test_tag_sliding_windows_and_probs(shared) -> None:
     assert [r["t_start"] for r in records] == [i / 2 for i in range(15)]
     assert all(len(r["probs"]) == 527 and len(r["top"]) == 5 for r in records)
     assert sum(r["top"][0][0] == "Speech" for r in records) >= len(records) * 0.8
+
+
+def test_tag_events_json(shared, tmp_path: Path) -> None:
+    """``tag --events --json``: one object per event, in seconds from the file's start."""
+    import numpy as np
+    import soundfile
+
+    weights = shared("models/mn04_as_mAP_432.pt")
+    typing, rate = soundfile.read(shared("audio/clips/typing.wav"), dtype="float32")
+    speech, _ = soundfile.read(shared("audio/clips/speech.wav"), dtype="float32")
+    path = tmp_path / "desk.wav"
+    soundfile.write(path, np.concatenate([typing, np.zeros(3 * rate, np.float32), speech]), rate)
+    result = tag(str(path), "--weights", str(weights), "--events", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(set(e) == {"file", "label", "onset", "offset", "peak"} for e in events)
+    first = {}
+    for event in events:
+        first.setdefault(event["label"], event)
+    assert abs(first["keyboard_typing"]["onset"] - 0.0) <= 0.5
+    assert abs(first["speech"]["onset"] - 13.0) <= 0.5
+    assert first["keyboard_typing"]["onset"] < first["speech"]["onset"]
