@@ -36,6 +36,9 @@ def user_errors(func: F) -> F:
         except SoundwatchError as error:
             click.echo(f"soundwatch: error: {error}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:  # Ctrl-C before the pipeline took over the signal
+            click.echo("soundwatch: interrupted", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -170,14 +173,13 @@ def run(
 
     _setup_logging(verbose)
     config = load_config(config_path)
-    source_configs = sources_from_args(sources) if sources else None
-    if source_configs is not None and loop is not None:
-        for source in source_configs:
-            source.loop = loop
+    source_configs = sources_from_args(sources, loop) if sources else None
+    if source_configs is None and loop is not None:  # --loop applies to the config's sources
+        source_configs = [{**s.model_dump(), "loop": loop} for s in config.sources]
     config = apply_overrides(
         config,
         {
-            "sources": [s.model_dump() for s in source_configs] if source_configs else None,
+            "sources": source_configs,
             "publish.endpoints": list(endpoints) or None,
             "publish.jsonl": jsonl,
             "publish.wait_for_subscribers": wait_for,

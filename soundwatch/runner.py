@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from soundwatch.config import Config, SourceConfig
+from soundwatch.config import Config
 from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import EventsConfig, EventsHandler, build_settings
@@ -83,13 +83,17 @@ def resolve_source_spec(spec: str) -> str:
     return "mic"
 
 
-def sources_from_args(args: tuple[str, ...]) -> list[SourceConfig]:
-    """``--source [ID=]SPEC`` values as source configs."""
-    configs = []
+def sources_from_args(args: tuple[str, ...], loop: bool | None = None) -> list[dict]:
+    """``--source [ID=]SPEC`` values as ``sources`` config entries (validated with the
+    rest of the config, so a bad id is reported like a bad config value)."""
+    entries = []
     for arg in args:
         stream_id, spec = parse_source_arg(arg)
-        configs.append(SourceConfig(id=stream_id, spec=spec))
-    return configs
+        entry: dict = {"id": stream_id, "spec": spec}
+        if loop is not None:
+            entry["loop"] = loop
+        entries.append(entry)
+    return entries
 
 
 def open_sources(config: Config) -> list[Source]:
