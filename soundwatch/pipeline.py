@@ -299,8 +299,15 @@ class Pipeline:
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
-        for state in self.streams:
-            state.source.start()
+        started: list[Source] = []
+        try:
+            for state in self.streams:
+                state.source.start()
+                started.append(state.source)
+        except BaseException:  # e.g. one of several microphones cannot be opened
+            for source in started:
+                source.stop()
+            raise
         for state in self.streams:
             thread = threading.Thread(
                 target=self._run_stream, args=(state,), name=f"stream-{state.id}", daemon=True
@@ -338,10 +345,6 @@ class Pipeline:
             self.wait(timeout=5.0)
         if self.error is not None:
             raise self.error
-
-    @property
-    def finished(self) -> bool:
-        return self._inference_thread is not None and not self._inference_thread.is_alive()
 
     # --- threads -------------------------------------------------------------------
     def _run_stream(self, state: StreamState) -> None:
