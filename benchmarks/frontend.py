@@ -33,7 +33,7 @@ import numba
 import numpy as np
 import torch
 import torchaudio
-from docs_section import replace_section
+from report import cpu_model, replace_section
 
 import soundwatch.dsp as dsp
 
@@ -309,14 +309,7 @@ def bench_offline(wave: np.ndarray, reference: TorchReference, runs: int) -> lis
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
+    cpu = cpu_model()
     cores = os.cpu_count()
     return (
         f"{cpu}, {cores} cores; Python {platform.python_version()}, numpy {np.__version__}, "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the soundwatch command does
 
 import torch
+from report import cpu_model
 
 from soundwatch.client import Subscriber
 from soundwatch.config import Config, apply_overrides
@@ -102,7 +102,7 @@ def main() -> None:
                 sum(r["dropped"] for r in runs),
             )
         )
-    cpu = platform.processor() or platform.machine()
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
     print(
         f"mn04, torch {torch.__version__}, {args.threads} inference threads, {cpu}, "
         f"{args.repeats} runs of {args.seconds:.0f} s each (medians)\n"

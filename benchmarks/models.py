@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from docs_section import replace_section
+from report import cpu_model, replace_section
 
 from soundwatch.models import build_model, default_cache_dir
 from soundwatch.models.onnx_backend import OnnxTagger, export_onnx, onnx_cache_path
@@ -140,14 +140,7 @@ def onnx_parity(model: torch.nn.Module, session: OnnxTagger, x: np.ndarray) -> t
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"

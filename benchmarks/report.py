@@ -1,7 +1,9 @@
-"""Write a benchmark's table into its ``## <heading>`` section of docs/performance.md."""
+"""Shared by the benchmarks: the machine they ran on, and writing their tables into
+docs/performance.md."""
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -16,3 +18,14 @@ def replace_section(heading: str, text: str, path: Path = PERFORMANCE_MD) -> Non
         raise SystemExit(f"no '## {heading}' section in {path}")
     body = "\n" + text.strip() + "\n"
     path.write_text(pattern.sub(lambda m: m.group(1) + body, content, count=1))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
