@@ -237,7 +237,7 @@ def _exit_now(status: int) -> None:
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--window", type=float, help="seconds (default: the config's, 3)")
 @click.option("--hop", type=float, help="seconds (default: the config's, 0.5)")
-@click.option("--top", "top_k", type=int, default=5, show_default=True)
+@click.option("--top", "top_k", type=click.IntRange(1, 527), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per window (or event)")
 @click.option("--probs", is_flag=True, help="with --json: all probabilities in label order")
 @click.option("--events", "show_events", is_flag=True, help="print sound events, not windows")
@@ -342,7 +342,7 @@ def _print_events(path: str, tagged: Any, as_json: bool) -> None:
 @click.option("--endpoint", default="tcp://127.0.0.1:5557", show_default=True)
 @click.option("--topic", "topics", multiple=True, help="topic prefix, e.g. tags.mic (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print each message as JSON")
-@click.option("--top", "top_k", type=int, default=3, show_default=True)
+@click.option("--top", "top_k", type=click.IntRange(1, 527), default=3, show_default=True)
 @click.option("--count", type=int, default=None, help="exit after this many messages")
 @click.option("--timeout", type=float, default=None, help="exit after this many quiet seconds")
 @user_errors
@@ -395,7 +395,11 @@ def tail(
                     )
                 elif isinstance(message, Status):
                     lat = message.latency
-                    latency = f"latency p50 {lat['p50'] * 1000:.0f} ms" if lat else "no latency yet"
+                    latency = (
+                        f"latency p50 {lat['p50'] * 1000:.0f} ms"
+                        if "p50" in lat
+                        else "no latency yet"
+                    )
                     lost = {k: v for k, v in message.counters.items() if v and k != "samples_in"}
                     click.echo(
                         f"{clock} {message.stream:<12} status: {message.model}, {latency}, "

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
+from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
 from soundwatch.validation import StrictModel, format_validation_error
 
 MODEL_NAMES = (
@@ -46,8 +47,8 @@ class SourceConfig(StrictModel):
     @field_validator("id")
     @classmethod
     def _id_is_topic_safe(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(c in value for c in " .\t\n")):
-            raise ValueError("a stream id must be non-empty, without spaces or dots")
+        if value is not None and not STREAM_ID.match(value):
+            raise ValueError(STREAM_ID_RULE)
         return value
 
 

@@ -25,7 +25,13 @@ from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
 from soundwatch.sinks.live import LivePublisher
 from soundwatch.sinks.messages import Event
 from soundwatch.sinks.publisher import JsonLinesOutput, Output, Publisher, ZmqOutput
-from soundwatch.stream import Source, list_input_devices, open_source, parse_source_arg
+from soundwatch.stream import (
+    Source,
+    list_input_devices,
+    open_source,
+    parse_source_arg,
+    parse_source_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,11 @@ def sources_from_args(args: tuple[str, ...], loop: bool | None = None) -> list[d
     rest of the config, so a bad id is reported like a bad config value)."""
     entries = []
     for arg in args:
-        stream_id, spec = parse_source_arg(arg)
+        name, sep, rest = arg.strip().partition("=")
+        if (rest if sep else name).strip() == "auto":  # resolved when the sources open
+            stream_id, spec = (name.strip() if sep else None), "auto"
+        else:
+            stream_id, spec = parse_source_arg(arg)
         entry: dict = {"id": stream_id, "spec": spec}
         if loop is not None:
             entry["loop"] = loop
@@ -102,7 +112,7 @@ def open_sources(config: Config) -> list[Source]:
     try:
         for source in config.sources:
             spec = resolve_source_spec(source.spec)
-            stream_id, _ = parse_source_arg(spec if source.id is None else f"{source.id}={spec}")
+            stream_id = source.id or parse_source_spec(spec).default_id()
             opened.append(
                 open_source(
                     stream_id,
@@ -253,7 +263,8 @@ def tag_file(
 ) -> FileTags:
     """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast``
     does; with ``events``, also the events the live pipeline would publish for it."""
-    source = open_source(Path(path).stem or "file", f"file:{path}", pace="fast")
+    spec = f"file:{path}"
+    source = open_source(parse_source_spec(spec).default_id(), spec, pace="fast")
     collector = Collector()
     found: list[Event] = []
     handlers: list = [collector]

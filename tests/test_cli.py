@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import soundwatch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +52,24 @@ def test_devices_lists_or_explains() -> None:
         assert "index" in result.stdout or "no audio input devices" in result.stdout
     else:
         assert "libportaudio2" in result.stderr
+
+
+def test_file_names_become_valid_stream_ids_and_bad_ids_are_explained() -> None:
+    from soundwatch.errors import SoundwatchError
+    from soundwatch.stream import parse_source_arg
+
+    assert parse_source_arg("file:/tmp/my clip.v2.wav") == (
+        "my_clip_v2",
+        "file:/tmp/my clip.v2.wav",
+    )
+    with pytest.raises(SoundwatchError, match="letters, digits, _ and -"):
+        parse_source_arg("a.b=synthetic")
+
+
+def test_run_accepts_auto_source_from_the_command_line() -> None:
+    from soundwatch.runner import sources_from_args
+
+    assert sources_from_args(("auto", "kitchen=auto")) == [
+        {"id": None, "spec": "auto"},
+        {"id": "kitchen", "spec": "auto"},
+    ]

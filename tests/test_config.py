@@ -35,7 +35,10 @@ BAD_CONFIGS = [
     ({"windows": {"hop": 0.0}}, ["windows.hop", "greater than or equal to 0.01"]),
     ({"publish": {"endpoints": ["http://x"]}}, ["publish.endpoints", "http://x", "tcp://"]),
     ({"sources": []}, ["sources", "at least 1"]),
-    ({"sources": [{"spec": "mic", "id": "a.b"}]}, ["sources[0].id", "a.b", "dots"]),
+    (
+        {"sources": [{"spec": "mic", "id": "a.b"}]},
+        ["sources[0].id", "a.b", "letters, digits, _ and -"],
+    ),
     ({"sources": [{"id": "x"}]}, ["sources[0].spec", "required"]),
     ({"pipeline": {"pace": "slow"}}, ["pipeline.pace", "slow", "realtime", "fast"]),
     (["not", "a", "mapping"], ["top level must be a mapping"]),

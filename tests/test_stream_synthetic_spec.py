@@ -115,10 +115,10 @@ def test_parse_source_arg_ids_and_defaults():
     assert parse_source_arg("kitchen=mic:USB Audio") == ("kitchen", "mic:USB Audio")
     assert parse_source_arg("mic:2") == ("mic", "mic:2")
     assert parse_source_arg("file:/data/street noise.flac") == (
-        "street noise",
+        "street_noise",  # a valid stream id made from the name
         "file:/data/street noise.flac",
     )
-    assert parse_source_arg("file:a=b.wav") == ("a=b", "file:a=b.wav")
+    assert parse_source_arg("file:a=b.wav") == ("a_b", "file:a=b.wav")
     assert parse_source_arg("door=file:x.wav") == ("door", "file:x.wav")
     assert parse_source_arg("pcm:-") == ("pcm", "pcm:-")
     assert parse_source_arg("pcm:-?rate=48000&channels=2") == ("pcm", "pcm:-?rate=48000&channels=2")

@@ -122,14 +122,68 @@ def decode(topic: bytes, payload: bytes) -> Envelope:
         raise MalformedMessage(f"{kind} message on topic {topic!r} lacks fields {missing}")
     if unknown:  # newer minor additions are tolerated, not fatal
         body = {k: v for k, v in body.items() if k in names}
+    _check_types(kind, topic, body)
     if kind == "tags":
         probs = body["probs"]
         if not isinstance(probs, bytes) or len(probs) % 4:
             raise MalformedMessage(f"tags message on topic {topic!r}: probs is not float32 bytes")
         body["probs"] = np.frombuffer(probs, dtype="<f4")
-        body["top"] = [(str(label), float(p)) for label, p in body["top"]]
+        body["top"] = [(label, float(p)) for label, p in body["top"]]
     message = cls(**body)
     expected_topic = message.topic.encode()
     if topic != expected_topic:
         raise MalformedMessage(f"topic {topic!r} does not match its payload ({expected_topic!r})")
     return message
+
+
+_NUMBER = (int, float)
+#: Expected types of fields, checked on receipt so a malformed message is rejected with
+#: its reason instead of failing later in the subscriber's code.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "stream": (str,),
+    "seq": (int,),
+    "t_start": _NUMBER,
+    "t_end": _NUMBER,
+    "t_pub": _NUMBER,
+    "model": (str,),
+    "labels": (list,),
+    "labels_sha256": (str,),
+    "window": _NUMBER,
+    "hop": _NUMBER,
+    "source": (dict,),
+    "counters": (dict,),
+    "latency": (dict,),
+    "event_id": (int,),
+    "label": (str,),
+    "state": (str,),
+    "onset": _NUMBER,
+    "offset": (*_NUMBER, type(None)),
+    "peak": _NUMBER,
+}
+
+
+def _check_types(kind: str, topic: bytes, body: dict[str, Any]) -> None:
+    for name, value in body.items():
+        expected = _FIELD_TYPES.get(name)
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise MalformedMessage(
+                f"{kind} message on topic {topic!r}: field {name!r} has type {type(value).__name__}"
+            )
+    if kind == "tags":
+        top = body["top"]
+        if not isinstance(top, list) or not all(
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], _NUMBER)
+            for pair in top
+        ):
+            raise MalformedMessage(
+                f"tags message on topic {topic!r}: top is not a list of [label, probability]"
+            )
+    if kind == "events" and body["state"] not in ("start", "end"):
+        raise MalformedMessage(f"events message on topic {topic!r}: unknown state")
+    if kind == "status":
+        for name in ("counters", "latency"):
+            if not all(isinstance(v, _NUMBER) for v in body[name].values()):
+                raise MalformedMessage(f"status message on topic {topic!r}: {name} not numbers")

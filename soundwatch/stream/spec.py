@@ -35,7 +35,22 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "synthetic": ("seed",),
 }
 
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")  # what may stand before "=" in ID=SPEC
+#: A stream id is a topic part (``tags.<id>``): letters, digits, ``_`` and ``-`` only.
+STREAM_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+STREAM_ID_RULE = "a stream id may hold only letters, digits, _ and - (it is part of the topic)"
+
+
+def check_stream_id(name: str) -> str:
+    """``name`` if it is a valid stream id, else a clear error."""
+    if not STREAM_ID.match(name):
+        raise SoundwatchError(f"invalid stream id {name!r}: {STREAM_ID_RULE}")
+    return name
+
+
+def sanitize_stream_id(text: str) -> str:
+    """A valid stream id made from ``text`` (a file name, say): other characters become _."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text) or "stream"
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,7 @@ class SourceSpec:
 
     def default_id(self) -> str:
         if self.kind == "file" and self.target:
-            return Path(self.target).stem or "file"
+            return sanitize_stream_id(Path(self.target).stem or "file")
         return self.kind
 
     def int_option(self, name: str) -> int | None:
@@ -118,6 +133,6 @@ def parse_source_arg(arg: str) -> tuple[str, str]:
         if not spec.strip():
             raise SoundwatchError(f"source {arg!r} has an id but no spec; {VALID_FORMS}")
         parse_source_spec(spec)  # validate now, so a bad spec fails at argument parsing
-        return name, spec.strip()
+        return check_stream_id(name), spec.strip()
     parsed = parse_source_spec(text)
     return parsed.default_id(), text
