@@ -71,9 +71,7 @@ class Subscriber:
         last = self._last_seq.get(message.topic)
         if last is not None and message.seq > last + 1:
             self.missed[message.topic] += message.seq - last - 1
-        elif last is not None and message.seq <= last:
-            # The publisher restarted: its numbering starts again from 0.
-            pass
+        # seq <= last: the publisher restarted and numbers from 0 again; nothing was missed.
         self._last_seq[message.topic] = message.seq
 
     @property

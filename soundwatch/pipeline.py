@@ -30,11 +30,11 @@ import numpy as np
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
 from soundwatch.errors import SoundwatchError
+from soundwatch.stream import TARGET_RATE as SAMPLE_RATE
 from soundwatch.stream import AudioBlock, Source
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 32000
 TAGS = "tags"  # the window series published as tags
 EVENTS = "events"  # the window series the event detector reads (may be the same windows)
 RESYNC_TOLERANCE_S = 0.02  # a block this far (s) from where the stream clock expects it: a gap
@@ -285,8 +285,6 @@ class Pipeline:
         self.streams = [StreamState(s, series, block_when_full=fast(s)) for s in sources]
         self.infer = infer
         self.handlers = list(handlers)
-        self.window_s = window_s
-        self.hop_s = hop_s
         self.max_batch = max_batch
         self.queue = WindowQueue(max_pending_windows)
         self.batches = BatchCounters()

@@ -18,6 +18,7 @@ from types import FrameType
 
 from soundwatch.config import Config
 from soundwatch.dsp import warmup as warmup_frontend
+from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import EventsConfig, EventsHandler, build_settings
 from soundwatch.models import InferenceWorker, LoadedModel, load_model
@@ -161,9 +162,10 @@ def run_live(
     Returns the finished pipeline (its streams hold the final counters).
     """
     tagger = tagger or Tagger.from_config(config)
-    window_frames = round(config.windows.window * 100)
     warmup_frontend()
-    tagger.worker.warmup(window_frames)
+    tagger.worker.warmup(seconds_to_frames(config.windows.window))
+    if config.events.enabled and config.events.window != config.windows.window:
+        tagger.worker.warmup(seconds_to_frames(config.events.window))
     outputs = build_outputs(config)
     publisher = Publisher(outputs)
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundwatch.dsp.windows import FRAMES_PER_SECOND
+from soundwatch.dsp.windows import FRAMES_PER_SECOND, seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.agreement import StepAggregator, aggregate_steps
 from soundwatch.events.config import DEFAULT_OFF_RATIO, EventsConfig, GroupConfig
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
     from soundwatch.pipeline import WindowResult
 
 SEGMENT_JUMP_S = 0.1  # a window whose stream origin moved this much starts a new segment
-
-
-def _frames(seconds: float) -> int:
-    return max(1, round(seconds * FRAMES_PER_SECOND))
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class DetectorSettings:
     def from_config(cls, config: EventsConfig, groups: Sequence[Group]) -> DetectorSettings:
         """Settings for already resolved ``groups`` (see :func:`build_settings`)."""
         specs = config.all_groups()
-        step_s = _frames(config.step) / FRAMES_PER_SECOND
+        step_s = seconds_to_frames(config.step) / FRAMES_PER_SECOND
         off_ratio = (
             config.threshold_off / config.threshold_on
             if config.threshold_off is not None
@@ -107,9 +103,9 @@ class DetectorSettings:
         )
         return cls(
             groups=list(groups),
-            window_frames=_frames(config.window),
-            hop_frames=_frames(config.hop),
-            step_frames=_frames(config.step),
+            window_frames=seconds_to_frames(config.window),
+            hop_frames=seconds_to_frames(config.hop),
+            step_frames=seconds_to_frames(config.step),
             quantile=1.0 - config.agreement,
             trim_s=config.trim,
             smoothing=config.smoothing.method,
@@ -255,7 +251,7 @@ class EventDetector:
         self._last_start = result.start_frame
         self.counters.windows += 1
         scores = group_scores(
-            np.asarray(result.probs, dtype=np.float32)[None], self.settings.groups
+            np.asarray(result.probs, dtype=np.float32)[None], self.settings.members
         )
         steps = self._aggregator.push(result.start_frame, result.stop_frame, scores[0])
         messages.extend(self._run_steps(steps))

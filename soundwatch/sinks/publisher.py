@@ -116,8 +116,13 @@ class JsonLinesOutput:
             ) from None
 
     def send(self, message: Envelope, topic: bytes, payload: bytes) -> None:
-        self._file.write(json.dumps(to_json(message), separators=(",", ":")) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(to_json(message), separators=(",", ":")) + "\n")
+            self._file.flush()
+        except BrokenPipeError:
+            raise SoundwatchError(
+                "the JSON-lines output was closed by its reader (broken pipe); stopping"
+            ) from None
 
     def close(self) -> None:
         if self._owns:
@@ -142,7 +147,6 @@ class Publisher:
     def __init__(self, outputs: list[Output]) -> None:
         self.outputs = outputs
         self._next_seq: dict[str, int] = defaultdict(int)
-        self.sent: dict[str, int] = defaultdict(int)
 
     def publish(self, message: Envelope) -> None:
         topic = message.topic
@@ -152,7 +156,6 @@ class Publisher:
         topic_bytes, payload = encode(message)
         for output in self.outputs:
             output.send(message, topic_bytes, payload)
-        self.sent[message.kind] += 1
 
     def close(self) -> None:
         for output in self.outputs:
