@@ -30,14 +30,12 @@ import numpy as np
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
 from soundwatch.errors import SoundwatchError
-from soundwatch.stream import TARGET_RATE as SAMPLE_RATE
 from soundwatch.stream import AudioBlock, Source
 
 log = logging.getLogger(__name__)
 
 TAGS = "tags"  # the window series published as tags
 EVENTS = "events"  # the window series the event detector reads (may be the same windows)
-RESYNC_TOLERANCE_S = 0.02  # a block this far (s) from where the stream clock expects it: a gap
 
 
 @dataclass
@@ -46,7 +44,7 @@ class StreamCounters:
 
     windows_tagged: int = 0
     windows_dropped: int = 0
-    resyncs: int = 0  # the audio clock jumped (device restart, gap): windows restarted
+    resyncs: int = 0  # the source lost audio (device restart, overflow): windows restarted
     nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
 
 
@@ -182,7 +180,6 @@ class StreamState:
         self.first_t: float | None = None  # Unix time of the stream's very first sample
         self.last_t_end: float | None = None
         self._segment_origin: float | None = None  # Unix time of the current segment's frame 0
-        self._samples_in_segment = 0
         self._drops_warned_at = 0.0
         self._drops_since_warning = 0
         self._lock = threading.Lock()
@@ -190,21 +187,17 @@ class StreamState:
     # --- stream thread -------------------------------------------------------------
     def feed(self, block: AudioBlock, queue: WindowQueue) -> None:
         """Turn one block of audio into mel frames and queue the windows it completes."""
+        if block.new_segment and self._segment_origin is not None:
+            # The source lost audio (device restart, overflow, overrun): the frames before
+            # and after must not share a window. Tag the tail, then start afresh.
+            log.warning(
+                "stream %s: audio was lost (see the gaps counter); restarting its windows",
+                self.id,
+            )
+            self.counters.resyncs += 1
+            self.end_segment(queue, block.t_ingest)
         if self._segment_origin is None:
             self._start_segment(block.t_start)
-        else:
-            expected = self._segment_origin + self._samples_in_segment / SAMPLE_RATE
-            if abs(block.t_start - expected) > RESYNC_TOLERANCE_S:
-                log.warning(
-                    "stream %s: audio clock jumped by %.2f s (device restart or gap); "
-                    "restarting its windows",
-                    self.id,
-                    block.t_start - expected,
-                )
-                self.counters.resyncs += 1
-                self.end_segment(queue, block.t_ingest)
-                self._start_segment(block.t_start)
-        self._samples_in_segment += len(block.samples)
         frames = self.frontend.push(block.samples)
         for purposes, windower in self.windowers.items():
             for window in windower.push(frames):
@@ -224,7 +217,6 @@ class StreamState:
 
     def _start_segment(self, t_start: float) -> None:
         self._segment_origin = t_start
-        self._samples_in_segment = 0
         if self.first_t is None:
             self.first_t = t_start
 

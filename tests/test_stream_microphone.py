@@ -178,8 +178,12 @@ def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
     stats = source.stats()
     assert (stats.overflows, stats.gaps, stats.samples_in) == (1, 2, 9 * 480)
     starts = []
+    breaks = []
     while (block := source.read(0)) is not None:
         starts.append((block.t_start, block.t_end))
+        breaks.append(block.new_segment)
+    # The pipeline restarts a stream's windows exactly where audio was lost.
+    assert sum(breaks) == stats.gaps and not breaks[0]
     assert starts[0][0] == pytest.approx(t0 + 0.001, abs=1e-9)  # first callback anchors
     assert any(s == pytest.approx(t0 + 1.060, abs=1e-6) for s, _ in starts)  # after the jump
     assert any(s == pytest.approx(t0 + 1.073, abs=1e-6) for s, _ in starts)  # after overflow

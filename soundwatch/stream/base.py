@@ -27,11 +27,14 @@ class AudioBlock:
     ``t_start`` is the Unix time (capture clock) of ``samples[0]``; sample ``i`` was captured
     at ``t_start + i / 32000``. ``t_ingest`` is the ``time.monotonic()`` at which the last
     input sample this block needed entered the source (for latency measurement).
+    ``new_segment`` is True when this block does not continue the previous one (the first
+    block after a device restart, an overflow or an overrun): the audio between is lost.
     """
 
     samples: np.ndarray
     t_start: float
     t_ingest: float
+    new_segment: bool = False
 
     @property
     def duration(self) -> float:
@@ -142,6 +145,8 @@ class RingSource(Source):
         self._restarts = 0
         # Consumer-side state.
         self._segment_t0: float | None = None
+        self._segment_started = False  # the next block starts a segment after a break
+        self._had_output = False
         self._pending: deque[AudioBlock] = deque()
         self._last_ingest = time.monotonic()
         self._finished = False
@@ -221,6 +226,7 @@ class RingSource(Source):
             if marker is not None and marker[0] <= position:
                 self._flush_segment()
                 self._segment_t0 = marker[1]
+                self._segment_started = self._had_output
                 self._ring.pop_marker()
                 continue
             limit = min(self._ring.available(), self._max_read)
@@ -240,4 +246,7 @@ class RingSource(Source):
             out = self._resampler.process(downmix(frames))
             if len(out):
                 t_start = self._segment_t0 + offset / TARGET_RATE
-                return AudioBlock(out, t_start, self._last_ingest)
+                block = AudioBlock(out, t_start, self._last_ingest, self._segment_started)
+                self._segment_started = False
+                self._had_output = True
+                return block
