@@ -161,3 +161,50 @@ def test_file_synthetic_and_microphone_in_one_process(tmp_path: Path, shared) ->
     assert "multi-stream passes" in stderr
     passes = int(stderr.split("multi-stream passes: ")[1].split()[0])
     assert passes > 0, stderr
+
+
+def test_run_survives_device_loss(tmp_path: Path, shared) -> None:
+    """Kill the sound server under a running pipeline, start it again: the run goes on,
+    the loss shows in status (restarts, gaps, resyncs) and tags resume, still with
+    contiguous seq."""
+    from pulse_harness import PulseMicrophone
+
+    PulseMicrophone.require()
+    weights = shared("models/mn04_as_mAP_432.pt")
+    speech = espeak_speech(tmp_path, rate=16000)
+    endpoint = free_endpoint()
+    with PulseMicrophone(rate=16000) as pulse, Subscriber(endpoint) as sub:
+        process = start_run(
+            pulse.env,
+            *("--source", f"room=mic:{pulse.device}", "--weights", str(weights)),
+            *("--publish", endpoint, "--wait-for-subscribers", "1"),
+            *("--window", "1", "--hop", "0.5"),
+        )
+        try:
+            before = collect(sub, want=4, seconds=90)
+            assert before, "no tags before the device loss"
+            pulse.kill_daemon()
+            time.sleep(1.0)
+            pulse.restart_daemon()
+            pulse.feed(speech)
+            after: list = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                message = sub.receive(timeout=1)
+                if message is None:
+                    continue
+                after.append(message)
+                if isinstance(message, Status) and message.counters["restarts"] >= 1:
+                    tags_after = [m for m in after if isinstance(m, Tags)]
+                    if len(tags_after) >= 4:
+                        break
+        finally:
+            stderr = stop(process)
+    assert process.returncode == 0, stderr
+    status = [m for m in after if isinstance(m, Status)][-1]
+    assert status.counters["restarts"] >= 1, stderr
+    assert status.counters["gaps"] >= 1 and status.counters["resyncs"] >= 1
+    tags = [m for m in before + after if isinstance(m, Tags)]
+    seqs = [m.seq for m in tags]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert tags[-1].t_start > [m for m in before if isinstance(m, Tags)][-1].t_end
