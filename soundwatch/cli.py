@@ -302,11 +302,10 @@ def _print_windows(
 ) -> None:
     import json
 
-    import numpy as np
+    from soundwatch.sinks.live import top_labels
 
     for result in tagged.windows:
-        order = np.argsort(result.probs)[::-1][:top_k]
-        top = [[labels[i], round(float(result.probs[i]), 4)] for i in order]
+        top = [[label, round(p, 4)] for label, p in top_labels(result.probs, labels, top_k)]
         t_start = round(result.offset_s, 3)
         t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
         if as_json:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
-from soundwatch.validation import StrictModel, format_validation_error
+from soundwatch.validation import StrictModel, check_whole_frames, format_validation_error
 
 MODEL_NAMES = (
     "mn01",
@@ -70,6 +70,7 @@ class WindowConfig(StrictModel):
 
     @model_validator(mode="after")
     def _hop_within_window(self) -> WindowConfig:
+        check_whole_frames(window=self.window, hop=self.hop)
         if self.hop > self.window:
             raise ValueError(
                 f"hop ({self.hop} s) is longer than window ({self.window} s): audio between "

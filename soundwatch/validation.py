@@ -17,6 +17,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def check_whole_frames(**durations: float) -> None:
+    """Window, hop and step lengths must be whole 10 ms frames (no silent rounding)."""
+    for name, seconds in durations.items():
+        if abs(seconds * 100 - round(seconds * 100)) > 1e-6:
+            raise ValueError(f"{name} ({seconds} s) must be a multiple of 0.01 s (one frame)")
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:

@@ -73,3 +73,8 @@ def test_overrides_replace_and_revalidate() -> None:
     assert config.windows.hop == Config().windows.hop
     with pytest.raises(SoundwatchError, match=r"(?s)command-line.*windows.window"):
         apply_overrides(Config(), {"windows.window": -1.0})
+
+
+def test_windows_must_be_whole_frames() -> None:
+    with pytest.raises(SoundwatchError, match=r"window \(0.325 s\) must be a multiple of 0.01"):
+        parse_config({"windows": {"window": 0.325}})

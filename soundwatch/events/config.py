@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
-from soundwatch.validation import StrictModel, format_validation_error
+from soundwatch.validation import StrictModel, check_whole_frames, format_validation_error
 
 PRESETS = ("esc50",)
 DEFAULT_OFF_RATIO = 0.3  # threshold_off / threshold_on when threshold_off is not given
@@ -154,9 +154,7 @@ class EventsConfig(StrictModel):
                 f"threshold_off ({self.threshold_off}) is above threshold_on "
                 f"({self.threshold_on}); hysteresis needs off <= on"
             )
-        for name, frames in (("window", self.window), ("hop", self.hop), ("step", self.step)):
-            if abs(frames * 100 - round(frames * 100)) > 1e-6:
-                raise ValueError(f"{name} ({frames} s) must be a multiple of 0.01 s (one frame)")
+        check_whole_frames(window=self.window, hop=self.hop, step=self.step)
         return self
 
     def all_groups(self) -> dict[str, GroupConfig]:

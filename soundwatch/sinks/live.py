@@ -21,6 +21,12 @@ from soundwatch.sinks.publisher import Publisher
 LATENCY_HISTORY = 2048  # windows kept per stream for latency percentiles
 
 
+def top_labels(probs: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable labels with their probabilities, best first."""
+    order = np.argsort(probs)[::-1][:k]
+    return [(labels[i], float(probs[i])) for i in order]
+
+
 def labels_digest(labels: Sequence[str]) -> str:
     """sha256 of the labels joined by newlines: lets a subscriber check its label list."""
     return hashlib.sha256("\n".join(labels).encode()).hexdigest()
@@ -56,14 +62,13 @@ class LivePublisher:
     def on_result(self, result: WindowResult) -> None:
         if TAGS not in result.purposes:
             return
-        top = np.argsort(result.probs)[::-1][: self.top_k]
         self.publisher.publish(
             Tags(
                 stream=result.stream,
                 t_start=result.t_start,
                 t_end=result.t_end,
                 probs=result.probs.astype(np.float32, copy=False),
-                top=[(self.labels[i], float(result.probs[i])) for i in top],
+                top=top_labels(result.probs, self.labels, self.top_k),
             )
         )
         self.latencies[result.stream].append(time.monotonic() - result.t_ingest)
