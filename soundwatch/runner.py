@@ -194,6 +194,7 @@ def run_live(
         events = tagger.events_handler(config.events, live.publish_event)
         if events is not None:
             pipeline.handlers.append(events)  # first: its last events precede the final status
+            live.extra_counters = events.counters
         pipeline.handlers.append(live)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]

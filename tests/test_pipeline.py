@@ -296,6 +296,9 @@ def test_events_are_published_live_with_start_and_end(tagger: Tagger, shared, tm
         reader.join(30)
     origin = pipeline.streams[0].first_t  # Unix time of the file's first sample
     assert isinstance(received[-1], Status)  # the final status comes after the last event
+    final = received[-1].counters
+    assert final["events_windows"] == final["windows_tagged"] and final["events_events"] >= 2
+    assert final["events_uncovered_steps"] == 0
     events = [m for m in received if isinstance(m, Event)]
     assert [m.seq for m in events] == list(range(len(events)))
     assert all(m.topic == "events.desk" for m in events)

@@ -34,6 +34,13 @@ class EventsHandler:
         for message in self.detector(result.stream).push(result):
             self.publish(message)
 
+    def counters(self, stream: str) -> dict[str, int]:
+        """The stream's detector counters, prefixed ``events_``, for status messages."""
+        detector = self.detectors.get(stream)
+        if detector is None:
+            return {}
+        return {f"events_{name}": int(value) for name, value in vars(detector.counters).items()}
+
     def on_stream_end(self, stream: str) -> None:
         if stream in self.detectors:
             for message in self.detectors[stream].finish():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class LivePublisher:
         hop_s: float,
         top_k: int = 5,
         status_interval: float = 5.0,
+        extra_counters: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
         self.publisher = publisher
         self.streams = {state.id: state for state in streams}
@@ -56,6 +57,7 @@ class LivePublisher:
         self.hop_s = hop_s
         self.top_k = top_k
         self.status_interval = status_interval
+        self.extra_counters = extra_counters  # e.g. the event detectors' counters
         self.latencies = {stream: deque(maxlen=LATENCY_HISTORY) for stream in self.streams}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
 
@@ -97,6 +99,7 @@ class LivePublisher:
             **{name: int(value) for name, value in vars(source_stats).items()},
             **{name: int(value) for name, value in vars(state.counters).items()},
             "nonfinite_samples": state.nonfinite_samples,
+            **(self.extra_counters(state.id) if self.extra_counters else {}),
         }
         t_first = state.first_t if state.first_t is not None else time.time()
         return Status(
