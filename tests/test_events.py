@@ -155,7 +155,7 @@ def test_group_scores_take_the_max_of_their_classes():
         ({"agreement": 0}, "greater than 0"),
         ({"smoothing": {"method": "gauss"}}, "events.smoothing.method"),
         ({"preset": "urbansound"}, "events.preset"),
-        ("yes", "expected a mapping"),
+        ("yes", r"events: Input should be a valid dictionary"),
     ],
 )
 def test_config_errors_name_the_key(data, message):

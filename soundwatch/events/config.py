@@ -165,20 +165,12 @@ class EventsConfig(StrictModel):
 
 
 def parse_events_config(data: Any, origin: str = "<config>") -> EventsConfig:
-    """Validate the ``events`` mapping of a config into :class:`EventsConfig`."""
-    if data is None:
-        data = {}
+    """Validate an ``events`` mapping on its own, exactly as the whole config does."""
     if isinstance(data, EventsConfig):
         return data
-    if not isinstance(data, dict):
-        raise SoundwatchError(
-            f"invalid events configuration in {origin}: expected a mapping of keys, "
-            f"got {type(data).__name__}"
-        )
-    try:
-        return EventsConfig.model_validate(data)
-    except ValidationError as error:
-        raise SoundwatchError(format_validation_error(error, origin, ("events",))) from None
+    from soundwatch.config import parse_config  # the config imports this module
+
+    return parse_config({"events": {} if data is None else data}, origin).events
 
 
 def load_preset(name: str) -> dict[str, GroupConfig]:
