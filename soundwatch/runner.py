@@ -181,6 +181,9 @@ def run_live(
             fast=lambda source: is_fast(source, config),
             events_window=events_window(config.events),
         )
+        events = tagger.events_handler(config.events, publisher.publish)
+        if events is not None:
+            pipeline.handlers.append(events)  # first: its last events precede the final status
         live = LivePublisher(
             publisher,
             pipeline.streams,
@@ -190,11 +193,8 @@ def run_live(
             hop_s=config.windows.hop,
             top_k=config.publish.top_k,
             status_interval=config.publish.status_interval,
+            extra_counters=events.counters if events is not None else None,
         )
-        events = tagger.events_handler(config.events, live.publish_event)
-        if events is not None:
-            pipeline.handlers.append(events)  # first: its last events precede the final status
-            live.extra_counters = events.counters
         pipeline.handlers.append(live)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from soundwatch.pipeline import TAGS, StreamState, WindowResult
-from soundwatch.sinks.messages import Envelope, Status, Tags
+from soundwatch.sinks.messages import Status, Tags
 from soundwatch.sinks.publisher import Publisher
 
 LATENCY_HISTORY = 2048  # windows kept per stream for latency percentiles
@@ -74,9 +74,6 @@ class LivePublisher:
             )
         )
         self.latencies[result.stream].append(time.monotonic() - result.t_ingest)
-
-    def publish_event(self, event: Envelope) -> None:
-        self.publisher.publish(event)
 
     def on_tick(self) -> None:
         if time.monotonic() >= self._next_status:
