@@ -59,7 +59,7 @@ from soundwatch.events.hysteresis import Thresholds, find_spans  # noqa: E402
 from soundwatch.events.scoring import Collars, LabelledEvent, Score, score_events  # noqa: E402
 from soundwatch.events.smoothing import smooth  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
-from soundwatch.pipeline import WindowResult  # noqa: E402
+from soundwatch.results import WindowResult  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 SCENES = SHARED / "audio" / "scenes-dev"
@@ -381,7 +381,7 @@ def main() -> None:
     scenes = list(truth)
 
     config = EventsConfig(preset="esc50", groups={})  # exactly the ESC-50 categories
-    settings = build_settings(config, loaded.labels, loaded.mids, WEIGHTS.parent, download=False)
+    settings = build_settings(config, loaded.labels, loaded.mids)
     ours = f"{config.window:g} s / {config.hop:g} s"
     layouts = [(10.0, 1.0), (2.0, 0.5), (config.window, config.hop)]
     windows = {(scene, w, h): cache.get(scene, w, h) for scene in scenes for (w, h) in layouts}

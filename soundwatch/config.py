@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
-from soundwatch.validation import StrictModel, check_whole_frames, format_validation_error
+from soundwatch.validation import StrictModel, check_whole_frames, parse_section
 
 MODEL_NAMES = (
     "mn01",
@@ -131,10 +131,7 @@ def parse_config(data: Any, origin: str = "<config>") -> Config:
             f"invalid configuration in {origin}: the top level must be a mapping of sections "
             f"(sources, model, windows, publish, pipeline, events), got {type(data).__name__}"
         )
-    try:
-        return Config.model_validate(data)
-    except ValidationError as error:
-        raise SoundwatchError(format_validation_error(error, origin)) from None
+    return parse_section(Config, data, origin)
 
 
 def load_config(path: str | Path | None) -> Config:

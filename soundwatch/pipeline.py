@@ -23,20 +23,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
 from soundwatch.errors import SoundwatchError
+from soundwatch.results import EVENTS, TAGS, ResultHandler, WindowResult
 from soundwatch.stream import AudioBlock, Source
 
 log = logging.getLogger(__name__)
-
-TAGS = "tags"  # the window series published as tags
-EVENTS = "events"  # the window series the event detector reads (may be the same windows)
-
 
 @dataclass
 class StreamCounters:
@@ -55,33 +51,6 @@ class BatchCounters:
     forward_passes: int = 0
     windows: int = 0
     multi_stream_passes: int = 0  # passes holding windows of more than one stream
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    """The tagger's output for one window of one stream."""
-
-    stream: str
-    start_frame: int  # frames since the stream (segment) started
-    stop_frame: int
-    t_start: float  # Unix seconds, capture clock
-    t_end: float
-    offset_s: float  # seconds from the stream's first sample to t_start
-    probs: np.ndarray  # [num_classes] float32
-    embedding: np.ndarray
-    t_ingest: float  # time.monotonic() when the window's last audio entered the source
-    final: bool  # the stream (or a segment of it) ended with this window
-    purposes: frozenset[str] = frozenset({TAGS})  # which window series it belongs to
-
-
-class ResultHandler(Protocol):
-    """Receives results on the inference thread; may publish."""
-
-    def on_result(self, result: WindowResult) -> None: ...
-
-    def on_stream_end(self, stream: str) -> None: ...
-
-    def on_tick(self) -> None: ...
 
 
 @dataclass

@@ -21,7 +21,13 @@ from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import EventsConfig, EventsHandler, build_settings
-from soundwatch.models import InferenceWorker, LoadedModel, load_model
+from soundwatch.models import (
+    ONTOLOGY_FILE,
+    InferenceWorker,
+    LoadedModel,
+    load_model,
+    resolve_bundle_file,
+)
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
 from soundwatch.sinks.live import LivePublisher
 from soundwatch.sinks.messages import Event
@@ -65,8 +71,12 @@ class Tagger:
         """An event detector per stream, or None when events are disabled."""
         if not config.enabled:
             return None
+        weights_dir = self.loaded.weights_path.parent
         settings = build_settings(
-            config, self.loaded.labels, self.loaded.mids, self.loaded.weights_path.parent
+            config,
+            self.loaded.labels,
+            self.loaded.mids,
+            find_ontology=lambda: resolve_bundle_file(ONTOLOGY_FILE, weights_dir),
         )
         return EventsHandler(settings, publish)
 

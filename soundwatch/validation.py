@@ -6,9 +6,13 @@ An unknown key, a wrong type or an out-of-range value becomes one message naming
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from soundwatch.errors import SoundwatchError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -47,3 +51,13 @@ def format_validation_error(
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {key}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)
+
+
+def parse_section(
+    model: type[M], data: Any, origin: str, prefix: tuple[str, ...] = ()
+) -> M:
+    """Validate ``data`` as ``model``; errors name keys under ``prefix`` (``events.``)."""
+    try:
+        return model.model_validate({} if data is None else data)
+    except ValidationError as error:
+        raise SoundwatchError(format_validation_error(error, origin, prefix)) from None

@@ -23,7 +23,7 @@ from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
 from soundwatch.events.scoring import Collars, LabelledEvent, match, score_events
 from soundwatch.events.smoothing import Smoother, smooth
-from soundwatch.pipeline import EVENTS, TAGS, WindowResult
+from soundwatch.results import EVENTS, TAGS, WindowResult
 from soundwatch.sinks.messages import decode, encode
 
 # --- scoring ------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def test_scoring_rejects_reversed_events():
 
 @pytest.fixture
 def audioset(shared):
-    from soundwatch.models import read_class_labels, read_ontology
+    from soundwatch.labels import read_class_labels, read_ontology
 
     labels = read_class_labels(shared("models/class_labels_indices.csv"))
     ontology = read_ontology(shared("models/ontology.json"))

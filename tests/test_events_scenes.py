@@ -38,7 +38,10 @@ def run_events(path: Path, tagger: Tagger, config: EventsConfig):
     return (events in seconds from the start, window results, settings)."""
     loaded = tagger.loaded
     settings = build_settings(
-        config, loaded.labels, loaded.mids, loaded.weights_path.parent, download=False
+        config,
+        loaded.labels,
+        loaded.mids,
+        find_ontology=lambda: shared_file("models/ontology.json"),
     )
     tagged = tag_file(path, tagger, config.window, config.hop, events=config)
     results = tagged.windows

@@ -15,7 +15,12 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
-from soundwatch.validation import StrictModel, check_whole_frames, format_validation_error
+from soundwatch.validation import (
+    StrictModel,
+    check_whole_frames,
+    format_validation_error,
+    parse_section,
+)
 
 PRESETS = ("esc50",)
 DEFAULT_OFF_RATIO = 0.3  # threshold_off / threshold_on when threshold_off is not given
@@ -168,9 +173,7 @@ def parse_events_config(data: Any, origin: str = "<config>") -> EventsConfig:
     """Validate an ``events`` mapping on its own, exactly as the whole config does."""
     if isinstance(data, EventsConfig):
         return data
-    from soundwatch.config import parse_config  # the config imports this module
-
-    return parse_config({"events": {} if data is None else data}, origin).events
+    return parse_section(EventsConfig, data, origin, ("events",))
 
 
 def load_preset(name: str) -> dict[str, GroupConfig]:

@@ -6,7 +6,7 @@ are smoothed (:mod:`~soundwatch.events.smoothing`) and turned into events by hys
 gap bridging and a minimum duration (:mod:`~soundwatch.events.hysteresis`). Both ends of
 an event are then moved inwards by ``trim`` seconds.
 
-:class:`EventDetector` does this incrementally on :class:`~soundwatch.pipeline.WindowResult`
+:class:`EventDetector` does this incrementally on :class:`~soundwatch.results.WindowResult`
 objects and emits :class:`~soundwatch.sinks.messages.Event` start/end messages;
 :func:`detect_events_offline` does it on a whole recording's windows at once and gives the
 same events (tests check this).
@@ -15,10 +15,9 @@ same events (tests check this).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,10 +34,8 @@ from soundwatch.events.groups import (
 )
 from soundwatch.events.hysteresis import HysteresisTracker, Span, Thresholds, Update, find_spans
 from soundwatch.events.smoothing import Smoother, smooth
+from soundwatch.results import WindowResult
 from soundwatch.sinks.messages import Event
-
-if TYPE_CHECKING:
-    from soundwatch.pipeline import WindowResult
 
 SEGMENT_JUMP_S = 0.1  # a window whose stream origin moved this much starts a new segment
 
@@ -118,20 +115,21 @@ def build_settings(
     config: EventsConfig,
     labels: Sequence[str],
     mids: Sequence[str],
-    weights_dir: Path | None = None,
-    download: bool = True,
+    find_ontology: Callable[[], Path] | None = None,
 ) -> DetectorSettings:
-    """Resolve groups against the model's classes (loading the ontology only when a group
-    names subtrees: ``config.ontology``, else the model bundle beside the weights)."""
+    """Resolve groups against the model's classes, loading the ontology only when a group
+    names subtrees: ``config.ontology``, else the path ``find_ontology()`` gives (the
+    runner passes one that looks beside the model's weights)."""
     specs = config.all_groups()
     ontology = None
     if any(spec.subtrees for spec in specs.values()):
         path = config.ontology
-        if path is None:
-            from soundwatch.models import ONTOLOGY_FILE, resolve_bundle_file
-
-            path = resolve_bundle_file(ONTOLOGY_FILE, weights_dir, download=download)
-        ontology = load_ontology(path)
+        if path is None and find_ontology is None:
+            raise SoundwatchError(
+                "event groups name ontology subtrees but no ontology.json is known; set "
+                "events.ontology to its path"
+            )
+        ontology = load_ontology(path if path is not None else find_ontology())
     groups = resolve_groups(specs, labels, mids, ontology)
     return DetectorSettings.from_config(config, groups)
 

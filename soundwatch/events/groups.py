@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.labels import read_ontology
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def resolve_groups(
     """Turn group specs (objects with ``labels`` and ``subtrees`` lists) into class indices.
 
     Unknown names fail with the closest matches. ``subtrees`` needs ``ontology`` (node id ->
-    node, see :func:`soundwatch.models.labels.read_ontology`).
+    node, see :func:`soundwatch.labels.read_ontology`).
     """
     if not specs:
         return [Group(name, (i,)) for i, name in enumerate(labels)]
@@ -125,7 +126,5 @@ def member_table(groups: Sequence[Group]) -> np.ndarray:
 
 
 def load_ontology(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read ``ontology.json`` (id -> node) with the models package's validating reader."""
-    from soundwatch.models.labels import read_ontology
-
+    """Read ``ontology.json`` (id -> node) with the validating reader."""
     return read_ontology(Path(path))

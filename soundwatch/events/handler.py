@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from soundwatch.events.detector import DetectorSettings, EventDetector
+from soundwatch.results import EVENTS, WindowResult
 from soundwatch.sinks.messages import Event
-
-if TYPE_CHECKING:
-    from soundwatch.pipeline import WindowResult
 
 
 class EventsHandler:
@@ -27,8 +24,6 @@ class EventsHandler:
         return self.detectors[stream]
 
     def on_result(self, result: WindowResult) -> None:
-        from soundwatch.pipeline import EVENTS
-
         if EVENTS not in result.purposes:
             return
         for message in self.detector(result.stream).push(result):

@@ -4,7 +4,7 @@
 ``InferenceWorker`` runs batches of mel windows on CPU (torch or ONNX Runtime) or CUDA.
 """
 
-from soundwatch.models.labels import ClassLabels, read_class_labels, read_ontology
+from soundwatch.labels import ClassLabels, read_class_labels, read_ontology
 from soundwatch.models.loader import LoadedModel, load_model
 from soundwatch.models.registry import MODEL_NAMES, ModelSpec, build_model, model_spec
 from soundwatch.models.weights import (

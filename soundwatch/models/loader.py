@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from soundwatch.models.labels import AUDIOSET_CLASSES, read_class_labels
+from soundwatch.labels import AUDIOSET_CLASSES, read_class_labels
 from soundwatch.models.registry import build_model, model_spec
 from soundwatch.models.weights import (
     LABELS_FILE,

@@ -1,10 +1,15 @@
 """The wire schema: small typed messages, encoded as msgpack maps (see docs/protocol.md).
 
 Every message travels as a two-part ZeroMQ message ``[topic, payload]``; the topic is
-``<kind>.<stream>`` (``tags.kitchen``, ``status.kitchen``, ``events.kitchen``) and the
+``<kind>.<stream>`` (``tags.kitchen``, ``status.kitchen``, ``events.kitchen``,
+``mel.kitchen``) and the
 payload a msgpack map holding the common envelope (``v``, ``kind``, ``stream``, ``seq``,
 ``t_start``, ``t_end``, ``t_pub``) plus the fields of its kind. ``seq`` counts from 0 and
 is contiguous per topic, so a subscriber sees exactly what it missed.
+
+Fields added after version 1 was first published (:data:`ADDED_FIELDS`) are optional on
+receipt, so a newer subscriber still reads an older publisher; an older subscriber ignores
+them. Changing the meaning of a field needs a new schema version.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from soundwatch.errors import SoundwatchError
 
 SCHEMA_VERSION = 1
-KINDS = ("tags", "status", "events")
+KINDS = ("tags", "status", "events", "mel")
 
 
 class MalformedMessage(SoundwatchError):
@@ -41,13 +46,29 @@ class Envelope:
         return f"{self.kind}.{self.stream}"
 
 
+def _no_floats() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
 @dataclass
 class Tags(Envelope):
-    """Tag probabilities of one window: ``probs`` in label order, ``top`` the best few."""
+    """Tag probabilities of one window.
+
+    ``probs`` are the window's own probabilities in label order; ``smoothed`` the same
+    classes smoothed across the stream's windows (``publish.smoothing``; equal to ``probs``
+    when smoothing is off); ``top`` the best few by ``smoothed``; ``groups`` the smoothed
+    score of each event group (the highest smoothed probability among its classes).
+    """
 
     kind: ClassVar[str] = "tags"
-    probs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    probs: np.ndarray = field(default_factory=_no_floats)
     top: list[tuple[str, float]] = field(default_factory=list)
+    smoothed: np.ndarray = field(default_factory=_no_floats)
+    groups: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.smoothed) == 0:  # not smoothed: the window's own probabilities
+            self.smoothed = self.probs
 
 
 @dataclass
@@ -63,6 +84,10 @@ class Status(Envelope):
     source: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
+    groups: dict[str, float] = field(default_factory=dict)  # event group -> threshold_on
+    events_window: float = 0.0  # the event detector's window series (0: events off)
+    events_hop: float = 0.0
+    ended: bool = False  # the stream has ended: this is its last status
 
 
 @dataclass
@@ -82,7 +107,34 @@ class Event(Envelope):
     peak: float = 0.0
 
 
-MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Status, Event)}
+@dataclass
+class Mel(Envelope):
+    """A stretch of the stream's log-mel spectrogram, compact, for live displays.
+
+    ``frames`` is ``[n, bins]`` uint8, oldest first, ``frame_rate`` frames per second;
+    a byte ``b`` stands for the log-mel value ``lo + b / 255 * (hi - lo)`` (the values the
+    model reads, pooled to ``bins`` bands and ``frame_rate``). Only published when asked
+    for (``publish.mel``), never raw audio.
+    """
+
+    kind: ClassVar[str] = "mel"
+    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    bins: int = 0
+    frame_rate: float = 0.0
+    lo: float = 0.0
+    hi: float = 1.0
+
+
+MESSAGE_TYPES: dict[str, type[Envelope]] = {
+    cls.kind: cls for cls in (Tags, Status, Event, Mel)
+}
+#: Fields added to a kind after schema version 1 was first published: optional on receipt.
+ADDED_FIELDS: dict[str, frozenset[str]] = {
+    "tags": frozenset({"smoothed", "groups"}),
+    "status": frozenset({"groups", "events_window", "events_hop", "ended"}),
+    "events": frozenset(),
+    "mel": frozenset(),
+}
 
 
 def encode(message: Envelope) -> tuple[bytes, bytes]:
@@ -91,9 +143,23 @@ def encode(message: Envelope) -> tuple[bytes, bytes]:
     body["v"] = SCHEMA_VERSION
     body["kind"] = message.kind
     if isinstance(message, Tags):
-        body["probs"] = np.ascontiguousarray(message.probs, dtype="<f4").tobytes()
+        body["probs"] = _float32_bytes(message.probs)
+        body["smoothed"] = _float32_bytes(message.smoothed)
         body["top"] = [[label, float(p)] for label, p in message.top]
+        body["groups"] = {name: float(score) for name, score in message.groups.items()}
+    elif isinstance(message, Mel):
+        body["frames"] = np.ascontiguousarray(message.frames, dtype=np.uint8).tobytes()
     return message.topic.encode(), msgpack.packb(body, use_bin_type=True)
+
+
+def _float32_bytes(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def _float32_array(topic: bytes, name: str, data: object) -> np.ndarray:
+    if not isinstance(data, bytes) or len(data) % 4:
+        raise MalformedMessage(f"tags message on topic {topic!r}: {name} is not float32 bytes")
+    return np.frombuffer(data, dtype="<f4")
 
 
 def decode(topic: bytes, payload: bytes) -> Envelope:
@@ -116,7 +182,9 @@ def decode(topic: bytes, payload: bytes) -> Envelope:
     if cls is None:
         raise MalformedMessage(f"unknown message kind {kind!r} on topic {topic!r}")
     names = {f.name for f in fields(cls)}
-    missing = [f.name for f in fields(cls) if f.name not in body]
+    missing = [
+        f.name for f in fields(cls) if f.name not in body and f.name not in ADDED_FIELDS[kind]
+    ]
     unknown = sorted(set(body) - names)
     if missing:
         raise MalformedMessage(f"{kind} message on topic {topic!r} lacks fields {missing}")
@@ -124,16 +192,33 @@ def decode(topic: bytes, payload: bytes) -> Envelope:
         body = {k: v for k, v in body.items() if k in names}
     _check_types(kind, topic, body)
     if kind == "tags":
-        probs = body["probs"]
-        if not isinstance(probs, bytes) or len(probs) % 4:
-            raise MalformedMessage(f"tags message on topic {topic!r}: probs is not float32 bytes")
-        body["probs"] = np.frombuffer(probs, dtype="<f4")
+        body["probs"] = _float32_array(topic, "probs", body["probs"])
+        if "smoothed" in body:
+            body["smoothed"] = _float32_array(topic, "smoothed", body["smoothed"])
+            if len(body["smoothed"]) != len(body["probs"]):
+                raise MalformedMessage(
+                    f"tags message on topic {topic!r}: smoothed and probs differ in length"
+                )
+        else:  # an older publisher: nothing smoothed
+            body["smoothed"] = body["probs"]
         body["top"] = [(label, float(p)) for label, p in body["top"]]
+    elif kind == "mel":
+        body["frames"] = _mel_frames(topic, body)
     message = cls(**body)
     expected_topic = message.topic.encode()
     if topic != expected_topic:
         raise MalformedMessage(f"topic {topic!r} does not match its payload ({expected_topic!r})")
     return message
+
+
+def _mel_frames(topic: bytes, body: dict[str, Any]) -> np.ndarray:
+    frames, bins = body["frames"], body["bins"]
+    if not isinstance(frames, bytes) or bins <= 0 or len(frames) % bins:
+        raise MalformedMessage(
+            f"mel message on topic {topic!r}: frames is not uint8 bytes of whole rows of "
+            f"{bins} bins"
+        )
+    return np.frombuffer(frames, dtype=np.uint8).reshape(-1, bins)
 
 
 _NUMBER = (int, float)
@@ -159,13 +244,23 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "onset": _NUMBER,
     "offset": (*_NUMBER, type(None)),
     "peak": _NUMBER,
+    "groups": (dict,),
+    "events_window": _NUMBER,
+    "events_hop": _NUMBER,
+    "ended": (bool,),
+    "bins": (int,),
+    "frame_rate": _NUMBER,
+    "lo": _NUMBER,
+    "hi": _NUMBER,
 }
 
 
 def _check_types(kind: str, topic: bytes, body: dict[str, Any]) -> None:
     for name, value in body.items():
         expected = _FIELD_TYPES.get(name)
-        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+        if expected is not None and (
+            not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+        ):
             raise MalformedMessage(
                 f"{kind} message on topic {topic!r}: field {name!r} has type {type(value).__name__}"
             )
@@ -183,6 +278,11 @@ def _check_types(kind: str, topic: bytes, body: dict[str, Any]) -> None:
             )
     if kind == "events" and body["state"] not in ("start", "end"):
         raise MalformedMessage(f"events message on topic {topic!r}: unknown state")
+    if "groups" in body and not all(
+        isinstance(k, str) and isinstance(v, _NUMBER) and not isinstance(v, bool)
+        for k, v in body["groups"].items()
+    ):
+        raise MalformedMessage(f"{kind} message on topic {topic!r}: groups is not name -> number")
     if kind == "status":
         for name in ("counters", "latency"):
             if not all(isinstance(v, _NUMBER) for v in body[name].values()):

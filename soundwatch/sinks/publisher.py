@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from soundwatch.errors import SoundwatchError
-from soundwatch.sinks.messages import SCHEMA_VERSION, Envelope, Tags, encode
+from soundwatch.sinks.messages import SCHEMA_VERSION, Envelope, Mel, Tags, encode
 
 
 class Output(Protocol):
@@ -133,9 +133,17 @@ def to_json(message: Envelope) -> dict:
     """A message as a JSON-ready dict (the msgpack fields, probs as a list of floats)."""
     body = {"v": SCHEMA_VERSION, "kind": message.kind, **message.__dict__}
     if isinstance(message, Tags):
-        body["probs"] = [round(float(p), 6) for p in np.asarray(message.probs)]
+        body["probs"] = _rounded(message.probs)
+        body["smoothed"] = _rounded(message.smoothed)
         body["top"] = [[label, round(float(p), 6)] for label, p in message.top]
+        body["groups"] = {name: round(float(s), 6) for name, s in message.groups.items()}
+    elif isinstance(message, Mel):
+        body["frames"] = np.asarray(message.frames, dtype=np.uint8).tolist()
     return body
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return np.round(np.asarray(values, dtype=np.float64), 6).tolist()
 
 
 class Publisher:

@@ -1,4 +1,7 @@
-"""The AudioSet class list (``class_labels_indices.csv``) and ontology (``ontology.json``)."""
+"""The AudioSet class list (``class_labels_indices.csv``) and ontology (``ontology.json``).
+
+Torch-free, so event groups and subscribers can read them without loading a model.
+"""
 
 from __future__ import annotations
 
