@@ -13,7 +13,7 @@ window), then:
 - **soundwatch, leave-one-scene-out**: the per-group thresholds re-tuned on the other 11
   scenes for each scene (the honest held-out number), and with one global threshold.
 
-Scores (``soundwatch.events.scoring``): event-based precision, recall and F1 with a 1 s
+Scores (``benchmarks/scoring.py``): event-based precision, recall and F1 with a 1 s
 onset collar and an offset collar of max(1 s, 20% of the true event), micro-averaged over
 categories (macro F1 too); onset-only F1; mean absolute onset error of matched events.
 
@@ -43,6 +43,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.scoring import Collars, LabelledEvent, Score, score_events  # noqa: E402
 from soundwatch.dsp import logmel  # noqa: E402
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindower  # noqa: E402
 from soundwatch.events import (  # noqa: E402
@@ -56,7 +57,6 @@ from soundwatch.events.config import load_preset  # noqa: E402
 from soundwatch.events.detector import DetectorSettings, EventDetector, _span_times  # noqa: E402
 from soundwatch.events.groups import group_scores  # noqa: E402
 from soundwatch.events.hysteresis import Thresholds, find_spans  # noqa: E402
-from soundwatch.events.scoring import Collars, LabelledEvent, Score, score_events  # noqa: E402
 from soundwatch.events.smoothing import smooth  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
 from soundwatch.results import WindowResult  # noqa: E402

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.scoring import Collars, LabelledEvent, match, score_events
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import (
     EventDetector,
@@ -21,7 +22,6 @@ from soundwatch.events.agreement import StepAggregator, aggregate_steps
 from soundwatch.events.config import GroupConfig, load_preset
 from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
-from soundwatch.events.scoring import Collars, LabelledEvent, match, score_events
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.results import EVENTS, TAGS, WindowResult
 from soundwatch.sinks.messages import decode, encode
@@ -398,3 +398,35 @@ def test_handler_keeps_one_detector_per_stream():
         message.seq = 0
         assert decode(*encode(message)) == message
     assert published[0].offset is None and published[2].offset == 1.5
+
+
+def test_damage_counters_are_current_while_the_stream_runs():
+    # Windows of 1 s every 0.5 s; the two starting at 1.0 s and 1.5 s were dropped, so the
+    # steps 1.5-2.0 s are covered by no window. Status reads the counters during the run.
+    config = EventsConfig(window=1.0, hop=0.5, agreement=1.0, trim=0.0, min_duration=0.0)
+    s = DetectorSettings.from_config(config, [Group("beep", (0,))])
+    handler = EventsHandler(s, lambda message: None)
+    quiet = np.array([0.0], dtype=np.float32)
+    placement = [(0, 100, False), (50, 150, False), (200, 300, False), (250, 350, False)]
+    for r in results_for("a", placement, [quiet] * 4, 0.0):
+        handler.on_result(r)
+    assert handler.counters("a")["events_uncovered_steps"] == 5  # before the stream ends
+    assert handler.counters("a")["events_windows"] == 4
+    handler.on_stream_end("a")
+    assert handler.counters("a")["events_uncovered_steps"] == 5  # counted once
+    # A second segment with its own gap adds to the count as it happens.
+    for r in results_for("a", placement[:3], [quiet] * 3, 100.0):
+        handler.on_result(r)
+    assert handler.counters("a")["events_uncovered_steps"] == 10
+    assert handler.counters("a")["events_segments"] == 2
+
+
+def test_aggregator_counts_late_windows_as_they_come():
+    aggregator = StepAggregator(10, 0.0, 1)
+    one = np.ones(1, dtype=np.float32)
+    aggregator.push(0, 100, one)
+    aggregator.push(50, 150, one)
+    aggregator.push(40, 140, one)  # starts before the previous one: its steps are final
+    assert aggregator.late_windows == 1
+    aggregator.reset()  # a new segment keeps the count
+    assert aggregator.late_windows == 1

@@ -16,13 +16,13 @@ import pytest
 import soundfile as sf
 from conftest import REPO_ROOT, shared_file
 
+from benchmarks.scoring import Collars, LabelledEvent, Score, score_events
 from soundwatch.events import (
     EventsConfig,
     build_settings,
     detect_events_offline,
     detected_from_messages,
 )
-from soundwatch.events.scoring import Collars, LabelledEvent, Score, score_events
 from soundwatch.models import InferenceWorker, load_model
 from soundwatch.runner import Tagger, tag_file
 

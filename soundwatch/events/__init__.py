@@ -3,8 +3,9 @@
 ``EventsConfig`` is the ``events`` config section; ``build_settings`` resolves it against a
 model's classes; ``EventDetector`` runs per stream on window results and emits
 ``Event`` messages; ``EventsHandler`` plugs detectors into the pipeline;
-``detect_events_offline`` gives the same events for a whole recording; ``scoring`` matches
-events against ground truth. The method is described in docs/events.md.
+``detect_events_offline`` gives the same events for a whole recording (scoring against
+ground truth lives with the benchmarks, ``benchmarks/scoring.py``). The method is described
+in docs/events.md.
 """
 
 from soundwatch.events.config import EventsConfig, GroupConfig, parse_events_config

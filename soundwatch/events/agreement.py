@@ -58,15 +58,17 @@ class StepAggregator:
         self.step_frames = step_frames
         self.quantile = quantile
         self.n_groups = n_groups
+        # Counted over the aggregator's life (not reset with a segment), as they happen.
+        self.uncovered_steps = 0
+        self.late_windows = 0  # arrived after a step they cover was already final
         self.reset()
 
     def reset(self) -> None:
+        """Start a new segment (step 0 again); the counters keep counting."""
         self._windows: deque[tuple[int, int, np.ndarray]] = deque()
         self.next_step = 0
         self._last_start = -1
         self._max_stop = 0
-        self.uncovered_steps = 0
-        self.late_windows = 0  # arrived after a step they cover was already final
 
     def push(self, start: int, stop: int, scores: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Add one window; return the steps it makes final as ``(k, [G] scores)``."""

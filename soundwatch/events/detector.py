@@ -252,6 +252,7 @@ class EventDetector:
             np.asarray(result.probs, dtype=np.float32)[None], self.settings.members
         )
         steps = self._aggregator.push(result.start_frame, result.stop_frame, scores[0])
+        self._sync_counters()
         messages.extend(self._run_steps(steps))
         if result.final:
             messages.extend(self.finish())
@@ -264,10 +265,14 @@ class EventDetector:
         messages = self._run_steps(self._aggregator.finish())
         messages.extend(self._emit(u) for u in self._feed_tracker(self._smoother.finish()))
         messages.extend(self._emit(u) for u in self._tracker.finish())
-        self.counters.late_windows += self._aggregator.late_windows
-        self.counters.uncovered_steps += self._aggregator.uncovered_steps
+        self._sync_counters()
         self.reset()
         return messages
+
+    def _sync_counters(self) -> None:
+        """Keep the damage counters current (status reads them during a live run)."""
+        self.counters.late_windows = self._aggregator.late_windows
+        self.counters.uncovered_steps = self._aggregator.uncovered_steps
 
     def reset(self) -> None:
         """Forget the current segment (open events are dropped without an end message)."""

@@ -101,15 +101,9 @@ class HysteresisTracker:
         self._end = np.zeros(g, dtype=np.int64)  # one past the last active step
         self._confirmed = np.zeros(g, dtype=bool)
         self._peak = np.zeros(g, dtype=np.float32)
-        self._step = 0
-
-    def open_groups(self) -> list[int]:
-        """Groups with an announced event that has not ended."""
-        return [int(g) for g in np.flatnonzero(self._confirmed)]
 
     def push(self, k: int, scores: np.ndarray) -> list[Update]:
         """Step ``k`` (in order from 0) with its ``[G]`` smoothed scores -> updates."""
-        self._step = k + 1
         threshold = np.where(self._active, self.t.off, self.t.on)
         active = scores >= threshold
         self._active = active

@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts) and the helpers tests share with them (``benchmarks.scoring``)."""
