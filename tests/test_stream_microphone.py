@@ -135,6 +135,8 @@ def test_devices_are_listed_and_found_by_index_or_name_part(pulse):
         find_input_device(999)
     with pytest.raises(SoundwatchError, match="cannot record 64"):
         MicrophoneSource("mic", "pulse", channels=64)
+    # a microphone cannot be slowed down: when inference is behind, windows are dropped
+    assert MicrophoneSource("mic", "pulse").waits_when_behind is False
 
 
 def test_missing_portaudio_is_explained(monkeypatch):

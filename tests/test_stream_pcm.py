@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from soundwatch.stream import PcmFormat, PcmSource, open_source
 from soundwatch.stream.resample import resample_offline
 
 
-def _drain(source, limit: float = 20.0):
+def _drain(source, limit: float = 30.0):
     blocks = []
     deadline = time.monotonic() + limit
     while not source.ended:
@@ -29,18 +31,32 @@ def _drain(source, limit: float = 20.0):
     return blocks
 
 
-def _pipe_writer(data: bytes, chunk: int) -> tuple[int, threading.Thread]:
+@contextlib.contextmanager
+def _piped(data: bytes, chunk: int) -> Iterator[int]:
+    """A pipe whose write end a thread fills with ``data`` in ``chunk``-byte writes.
+
+    Yields the read end; on exit closes it (a writer still blocked then gets EPIPE) and
+    checks that the writer finished. Stop the source reading it before leaving the block.
+    """
     read_fd, write_fd = os.pipe()
 
     def write() -> None:
-        with os.fdopen(write_fd, "wb") as out:
-            for start in range(0, len(data), chunk):
-                out.write(data[start : start + chunk])
-                out.flush()
+        try:
+            with os.fdopen(write_fd, "wb") as out:
+                for start in range(0, len(data), chunk):
+                    out.write(data[start : start + chunk])
+                    out.flush()
+        except BrokenPipeError:
+            pass  # the reader went away first (the test already failed)
 
-    thread = threading.Thread(target=write)
+    thread = threading.Thread(target=write, daemon=True)
     thread.start()
-    return read_fd, thread
+    try:
+        yield read_fd
+    finally:
+        os.close(read_fd)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the pipe writer did not finish"
 
 
 @pytest.mark.parametrize(
@@ -59,13 +75,13 @@ def test_pipe_pcm_is_decoded_downmixed_and_resampled(fmt, channels, rate):
     else:
         raw = frames.astype("<f4")
         exact = frames
-    fd, writer = _pipe_writer(raw.tobytes(), chunk=777)  # chunks split frames on purpose
-    source = PcmSource("p", PcmFormat(rate=rate, channels=channels, format=fmt), stream=fd)
-    source.start()
-    blocks = _drain(source)
-    writer.join()
-    source.stop()
-    os.close(fd)
+    with _piped(raw.tobytes(), chunk=777) as fd:  # chunks split frames on purpose
+        source = PcmSource("p", PcmFormat(rate=rate, channels=channels, format=fmt), stream=fd)
+        source.start()
+        try:
+            blocks = _drain(source)
+        finally:
+            source.stop()
     got = np.concatenate([b.samples for b in blocks])
     expected = resample_offline(exact.mean(axis=1, dtype=np.float32), rate)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -79,33 +95,46 @@ def test_fast_producer_gets_back_pressure_and_nothing_is_dropped():
     rate = 16000
     seconds = 6  # more than the 1 s ring: the writer must wait for the reader
     data = (np.arange(rate * seconds) % 1000 - 500).astype("<i2")
-    fd, writer = _pipe_writer(data.tobytes(), chunk=65536)
-    source = PcmSource("p", PcmFormat(rate=rate), stream=fd, ring_seconds=1.0)
-    source.start()
-    total = 0
-    deadline = time.monotonic() + 30
-    while not source.ended and time.monotonic() < deadline:
-        block = source.read(0.05)
-        if block is not None:
-            total += len(block.samples)
-    writer.join()
-    source.stop()
-    os.close(fd)
+    with _piped(data.tobytes(), chunk=65536) as fd:
+        source = PcmSource("p", PcmFormat(rate=rate), stream=fd, ring_seconds=1.0)
+        source.start()
+        try:
+            total = sum(len(b.samples) for b in _drain(source, limit=60))
+        finally:
+            source.stop()
     stats = source.stats()
     assert stats.samples_in == rate * seconds
     assert stats.overruns == 0 and stats.dropped_samples == 0
     assert total == 2 * rate * seconds
 
 
-def test_trailing_partial_frame_is_reported(caplog):
-    fd, writer = _pipe_writer(b"\x01\x00\x02\x00\x03", chunk=5)
-    source = PcmSource("p", PcmFormat(rate=32000), stream=fd)
-    with caplog.at_level("WARNING"):
+def test_a_ring_smaller_than_one_read_still_passes_everything():
+    """The reader stores what fits and waits for the rest, however small the ring."""
+    rate = 16000
+    data = (np.arange(rate) % 2000 - 1000).astype("<i2")
+    with _piped(data.tobytes(), chunk=4096) as fd:
+        # 80 frames of ring; the reader takes up to 20 ms (320 frames) per read
+        source = PcmSource("p", PcmFormat(rate=rate), stream=fd, ring_seconds=0.005)
         source.start()
-        blocks = _drain(source)
-    writer.join()
-    source.stop()
-    os.close(fd)
+        try:
+            blocks = _drain(source)
+        finally:
+            source.stop()
+    got = np.concatenate([b.samples for b in blocks])
+    np.testing.assert_allclose(
+        got, resample_offline(data.astype(np.float32) / 32768, rate), atol=1e-5
+    )
+    assert source.stats().dropped_samples == 0 and source.stats().overruns == 0
+
+
+def test_trailing_partial_frame_is_reported(caplog):
+    with _piped(b"\x01\x00\x02\x00\x03", chunk=5) as fd, caplog.at_level("WARNING"):
+        source = PcmSource("p", PcmFormat(rate=32000), stream=fd)
+        source.start()
+        try:
+            blocks = _drain(source)
+        finally:
+            source.stop()
     assert sum(len(b.samples) for b in blocks) == 2
     assert "do not form a whole frame" in caplog.text
 

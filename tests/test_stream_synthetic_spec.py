@@ -168,3 +168,18 @@ def test_open_source_builds_each_kind(tmp_path):
     assert (pcm.native_rate, pcm.channels, pcm.describe()["format"]) == (8000, 2, "f32le")
     with pytest.raises(SoundwatchError, match="unknown pace"):
         open_source("clip", f"file:{path}", pace="slow")
+
+
+def test_only_sources_that_can_be_slowed_wait_when_behind(tmp_path):
+    """Pipes and pull-driven sources make the pipeline wait (nothing dropped); sources that
+    run on the wall clock let it drop windows and count them."""
+    import soundfile
+
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.zeros(1600, dtype=np.float32), 16000)
+    assert open_source("clip", f"file:{path}", pace="fast").waits_when_behind is True
+    assert open_source("clip", f"file:{path}", pace="realtime").waits_when_behind is False
+    assert open_source("p", "pcm:-").waits_when_behind is True
+    assert open_source("p", "pcm:/tmp/some.fifo").waits_when_behind is True
+    assert open_source("s", "synthetic").waits_when_behind is False
+    assert open_source("s", "synthetic", pace="fast").waits_when_behind is True

@@ -89,6 +89,18 @@ class Source(ABC):
     def ended(self) -> bool:
         """True once a finite source is exhausted and everything was read."""
 
+    @property
+    def waits_when_behind(self) -> bool:
+        """Whether the pipeline should wait for inference instead of dropping windows.
+
+        True for sources that can be slowed down without losing audio: a pipe (the OS pipe
+        then holds back the producing process) or a file read as fast as it is pulled.
+        False (the default) for sources that run on the wall clock (a microphone, a
+        real-time paced file or demo): when inference falls behind, their oldest windows
+        are dropped and counted, so the tags stay current.
+        """
+        return False
+
     @abstractmethod
     def stats(self) -> SourceStats:
         """A snapshot of the cumulative counters."""
@@ -113,8 +125,10 @@ class RingSource(Source):
     """Consumer half shared by thread-fed sources (microphone, raw PCM).
 
     The producer thread calls ``_produce(frames, t_first)`` and, at discontinuities,
-    ``_mark_discontinuity()``; it never blocks, allocates arrays or locks. The counters it
-    updates are plain attributes each written by one thread only.
+    ``_mark_discontinuity()``; ``_produce`` never blocks, allocates arrays or locks, and
+    drops (and counts) what does not fit. A producer that may wait (a pipe reader) checks
+    ``_ring.free()`` first and only produces what fits. The counters it updates are plain
+    attributes each written by one thread only.
     """
 
     #: The consumer polls the ring at this interval while waiting in ``read``.

@@ -82,6 +82,11 @@ class FileSource(Source):
     def ended(self) -> bool:
         return self._exhausted and len(self._pending) == 0
 
+    @property
+    def waits_when_behind(self) -> bool:
+        """Fast pace is pull-driven: the pipeline waits, so every window is tagged."""
+        return self.pace == "fast"
+
     def stats(self) -> SourceStats:
         return SourceStats(samples_in=self._decoded_native)
 

@@ -2,9 +2,11 @@
 
 A reader thread reads the byte stream in chunks, converts whole frames to float32 and
 stores them in the ring. When the ring is full it waits (back-pressure on the producing
-process) instead of dropping: a pipe producer that runs faster than the pipeline, like
-ffmpeg decoding a file, is slowed down and nothing is lost; a live producer (``arecord``)
-then reports its own overruns. End of input ends the source once everything was read.
+process) instead of dropping, and ``waits_when_behind`` tells the pipeline to wait for
+inference rather than drop windows: a producer that runs faster than the pipeline, like
+ffmpeg decoding a file, is slowed down and every window of its audio is tagged; a live
+producer (``arecord``) then reports its own overruns. End of input ends the source once
+everything was read.
 
 Timing: there is no capture clock in a byte stream, so sample ``n`` is stamped
 ``t_first_byte + n / rate``, where ``t_first_byte`` is the Unix time the first bytes
@@ -78,6 +80,8 @@ class PcmSource(RingSource):
     """Raw interleaved PCM read from a binary stream (default: ``sys.stdin.buffer``)."""
 
     CHUNK_SECONDS = 0.02
+    #: ``stop`` waits this long for the reader thread (it checks for stop every 0.1 s).
+    STOP_TIMEOUT_SECONDS = 5.0
 
     def __init__(
         self,
@@ -127,10 +131,24 @@ class PcmSource(RingSource):
             )
         return fd
 
+    @property
+    def waits_when_behind(self) -> bool:
+        """A pipe can wait: the pipeline waits for inference, so every window is tagged."""
+        return True
+
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.STOP_TIMEOUT_SECONDS)
+            if thread.is_alive():  # cannot happen unless a read blocks despite select
+                log.warning(
+                    "PCM reader of stream %r did not stop within %.0f s; leaving it (daemon "
+                    "thread) and its input open",
+                    self.id,
+                    self.STOP_TIMEOUT_SECONDS,
+                )
+                return
         if self._owns_fd and self._fd is not None:
             os.close(self._fd)
             self._owns_fd = False
@@ -182,9 +200,16 @@ class PcmSource(RingSource):
         self._producer_done = True
 
     def _store(self, frames: np.ndarray) -> None:
-        """Wait for room (back-pressure, never dropping) and store the frames."""
-        while self._ring.free() < len(frames):
-            if self._stop.wait(0.005):
-                return
+        """Store the frames, waiting for room as often as needed (back-pressure: the pipe
+        fills and the producing process waits); returns early only when stopped."""
         assert self._t_first is not None
-        self._produce(frames, self._t_first + self._samples_in / self.native_rate)
+        done = 0
+        while done < len(frames):
+            room = min(self._ring.free(), len(frames) - done)
+            if room <= 0:
+                if self._stop.wait(self.POLL_SECONDS):
+                    return
+                continue
+            t_first = self._t_first + self._samples_in / self.native_rate
+            self._produce(frames[done : done + room], t_first)
+            done += room

@@ -136,6 +136,11 @@ class SyntheticSource(Source):
     def ended(self) -> bool:
         return self._stopped or (self._total is not None and self._produced >= self._total)
 
+    @property
+    def waits_when_behind(self) -> bool:
+        """Fast pace is pull-driven (like a fast file); real time runs on the clock."""
+        return self.pace == "fast"
+
     def stats(self) -> SourceStats:
         return SourceStats(samples_in=self._produced)
 
