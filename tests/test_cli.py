@@ -73,3 +73,38 @@ def test_run_accepts_auto_source_from_the_command_line() -> None:
         {"id": None, "spec": "auto"},
         {"id": "kitchen", "spec": "auto"},
     ]
+
+
+def test_pcm_piped_faster_than_inference_is_tagged_whole(shared, tmp_path: Path) -> None:
+    """``ffmpeg ... | soundwatch run --source pcm:-``: 240 s of PCM arrive at once, far
+    faster than inference; the pipe waits, so every window is tagged and none dropped."""
+    import json
+
+    import numpy as np
+    import soundfile
+
+    weights = shared("models/mn04_as_mAP_432.pt")
+    speech, rate = soundfile.read(shared("audio/clips/speech.wav"), dtype="float32")
+    assert rate == 32000
+    pcm = np.tile(np.round(speech[::2] * 32767).astype("<i2"), 24)  # 240 s at 16 kHz
+    seconds = len(pcm) / 16000
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "soundwatch.cli", "run", "--source", "pcm:-?rate=16000"),
+            *("--jsonl", "-", "--weights", str(weights)),
+            *("--publish", f"ipc://{tmp_path / 'p'}"),
+        ],
+        input=pcm.tobytes(),
+        capture_output=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = round((seconds - 3.0) / 0.5) + 1  # 3 s windows every 0.5 s
+    tags = [r for r in records if r["kind"] == "tags"]
+    assert [r["seq"] for r in tags] == list(range(expected))
+    final = [r for r in records if r["kind"] == "status"][-1]
+    assert final["counters"]["windows_tagged"] == expected
+    assert final["counters"]["windows_dropped"] == 0
+    assert final["counters"]["samples_in"] == len(pcm)
