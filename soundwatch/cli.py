@@ -408,5 +408,10 @@ def tail(
             pass
 
 
+from soundwatch.mqtt.command import mqtt  # noqa: E402 (registered after main)
+
+main.add_command(mqtt)
+
+
 if __name__ == "__main__":
     main()
