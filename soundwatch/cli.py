@@ -408,6 +408,10 @@ def tail(
             pass
 
 
+from soundwatch.dashboard.command import dashboard  # noqa: E402 (subcommands last)
+
+main.add_command(dashboard)
+
 from soundwatch.mqtt.command import mqtt  # noqa: E402 (registered after main)
 
 main.add_command(mqtt)
