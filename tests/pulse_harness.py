@@ -22,8 +22,9 @@ Usage in a test::
     subprocess.run([...], env=pulse.env)          # for a soundwatch subprocess
 
 System packages: ``pulseaudio``, ``pulseaudio-utils`` (pactl), ``libportaudio2``,
-``libasound2-plugins``. When ``pulseaudio`` is missing, ``PulseMicrophone.require()``
-skips the test, or fails it when ``CI`` is set (CI must run these tests).
+``libasound2-plugins``. When one is missing, ``PulseMicrophone.require()`` skips the test
+through ``conftest.unavailable``, or fails it under ``SOUNDWATCH_REQUIRE_SHARED=1`` (CI must
+run these tests).
 """
 
 from __future__ import annotations
@@ -85,15 +86,12 @@ class PulseMicrophone:
 
     @classmethod
     def require(cls) -> None:
-        """Skip the calling test when the harness cannot run; fail instead under CI."""
-        import pytest
+        """Skip the calling test when the harness cannot run (fail it under CI)."""
+        from conftest import unavailable
 
         reason = cls.missing()
-        if reason is None:
-            return
-        if os.environ.get("CI"):
-            pytest.fail(f"PulseAudio harness unavailable under CI: {reason}")
-        pytest.skip(f"PulseAudio harness unavailable: {reason}")
+        if reason is not None:
+            unavailable(f"PulseAudio harness unavailable: {reason}")
 
     # ---------------------------------------------------------------- paths and env
     @property

@@ -3,8 +3,6 @@ fed with espeak-ng speech, tags received by a real SUB socket."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
+from conftest import require_executable
 
 from soundwatch.client import Subscriber
 from soundwatch.sinks.messages import Status, Tags
@@ -28,14 +26,12 @@ SPEECH_TEXT = (
 
 def espeak_speech(tmp_path: Path, rate: int) -> np.ndarray:
     """Speech from espeak-ng at ``rate`` Hz, float32 mono."""
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        if os.environ.get("CI"):
-            pytest.fail("espeak-ng and sox must be installed (scripts/setup installs them)")
-        pytest.skip("espeak-ng or sox missing")
+    espeak = require_executable("espeak-ng")
+    sox = require_executable("sox")
     raw = tmp_path / "speech_raw.wav"
     wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SPEECH_TEXT], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", str(wav)], check=True)
+    subprocess.run([espeak, "-s", "150", "-w", str(raw), SPEECH_TEXT], check=True)
+    subprocess.run([sox, str(raw), "-r", str(rate), "-c", "1", str(wav)], check=True)
     audio, _ = soundfile.read(wav, dtype="float32")
     return audio
 

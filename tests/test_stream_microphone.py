@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from pulse_harness import PulseMicrophone
 from soundwatch.errors import SoundwatchError
 from soundwatch.stream import find_input_device, list_input_devices, open_source
 from soundwatch.stream.base import AudioBlock
-from soundwatch.stream.devices import import_sounddevice
+from soundwatch.stream.devices import PortAudioStreams, import_sounddevice
 from soundwatch.stream.microphone import MicrophoneSource
 from soundwatch.stream.resample import resample_offline
 
@@ -30,14 +32,36 @@ def pulse():
         yield harness
 
 
-def _record(source, seconds: float) -> list[AudioBlock]:
-    blocks = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+def _record_until(
+    source: MicrophoneSource, done: Callable[[list[AudioBlock]], bool], limit: float = 30.0
+) -> list[AudioBlock]:
+    """Read blocks until ``done(blocks)``; fail after ``limit`` seconds."""
+    blocks: list[AudioBlock] = []
+    deadline = time.monotonic() + limit
+    while not done(blocks):
+        assert time.monotonic() < deadline, "the condition was not reached in time"
         block = source.read(0.05)
         if block is not None:
             blocks.append(block)
     return blocks
+
+
+def _audio(blocks: list[AudioBlock]) -> bool:
+    """The stream delivers audio."""
+    return bool(blocks)
+
+
+def _captured_until(t: float) -> Callable[[list[AudioBlock]], bool]:
+    """The blocks reach capture time ``t`` (Unix seconds)."""
+    return lambda blocks: bool(blocks) and blocks[-1].t_end >= t
+
+
+def _play(pulse: PulseMicrophone, *parts: np.ndarray) -> float:
+    """Play ``parts`` through the virtual microphone; the Unix time all was written."""
+    for part in parts:
+        pulse.feed(part)
+    pulse.wait_fed()
+    return time.time()
 
 
 def _chirp(seconds: float, f0: float, f1: float) -> np.ndarray:
@@ -63,11 +87,9 @@ def test_records_what_the_virtual_microphone_plays(pulse):
     assert source.describe()["device"] == "pulse" and source.native_rate == 48000
     source.start()
     try:
-        _record(source, 0.3)  # let the stream settle, then play
-        pulse.feed(np.zeros(FEED_RATE // 4))
-        pulse.feed(chirp)
-        pulse.feed(tone)
-        blocks = _record(source, 3.2)
+        _record_until(source, _audio)  # the stream runs: what is played now is recorded
+        played = _play(pulse, np.zeros(FEED_RATE // 4), chirp, tone)
+        blocks = _record_until(source, _captured_until(played + 0.5))
         stats = source.stats()
     finally:
         source.stop()
@@ -83,11 +105,11 @@ def test_records_what_the_virtual_microphone_plays(pulse):
     assert abs(peak_hz - 1000.0) <= 4
     assert stats.overflows == 0 and stats.overruns == 0 and stats.dropped_samples == 0
     assert stats.gaps == 0 and stats.restarts == 0
-    assert stats.samples_in > 3.0 * 48000
+    assert stats.samples_in >= 2.25 * 48000
     for a, b in itertools.pairwise(blocks):
         assert b.t_start == pytest.approx(a.t_end, abs=1e-5)  # contiguous and monotonic
         assert b.t_ingest >= a.t_ingest
-    assert abs(blocks[-1].t_end - time.time()) < 1.0  # stamped with the capture (Unix) clock
+    assert abs(blocks[-1].t_end - time.time()) < 5.0  # stamped with the capture (Unix) clock
     assert all(b.samples.dtype == np.float32 and b.samples.flags.c_contiguous for b in blocks)
 
 
@@ -95,20 +117,15 @@ def test_device_loss_is_survived_with_a_counted_restart(pulse, caplog):
     source = open_source("mic", f"mic:{pulse.device}")
     source.start()
     try:
-        before = _record(source, 0.5)
-        assert before
+        before = _record_until(source, _audio)
         with caplog.at_level("WARNING", logger="soundwatch.stream.microphone"):
             pulse.kill_daemon()
-            _record(source, 0.8)
+            _record_until(source, lambda _: "lost" in caplog.text)
             pulse.restart_daemon()
-            deadline = time.monotonic() + 15
-            while source.stats().restarts < 1 and time.monotonic() < deadline:
-                source.read(0.05)
-            assert source.stats().restarts >= 1, pulse.log_tail()
+            _record_until(source, lambda _: source.stats().restarts >= 1)
             tone = 0.5 * np.sin(2 * np.pi * 1500.0 * np.arange(FEED_RATE) / FEED_RATE)
-            _record(source, 0.3)
-            pulse.feed(tone)
-            after = _record(source, 1.8)
+            played = _play(pulse, tone)
+            after = _record_until(source, _captured_until(played + 0.5))
         stats = source.stats()
     finally:
         source.stop()
@@ -118,6 +135,63 @@ def test_device_loss_is_survived_with_a_counted_restart(pulse, caplog):
     recorded = np.concatenate([b.samples for b in after])
     spectrum = np.abs(np.fft.rfft(recorded))
     assert abs(np.argmax(spectrum) * 32000 / len(recorded) - 1500.0) <= 4
+
+
+def test_a_device_that_vanishes_and_comes_back_is_found_again(pulse, caplog):
+    """The sound server dies and PortAudio's device list is scanned again without it (as
+    when another stream re-initialises PortAudio, or a USB microphone is unplugged): the
+    source keeps looking for the device by name, re-scans once it is back, and records."""
+    source = open_source("mic", f"mic:{pulse.device}")
+    source.start()
+    try:
+        _record_until(source, _audio)
+        with caplog.at_level("WARNING", logger="soundwatch.stream.microphone"):
+            pulse.kill_daemon()
+            # once the source has closed its stream PortAudio can re-scan: no "pulse" now
+            _record_until(source, lambda _: PortAudioStreams.reinitialize_if_idle())
+            assert pulse.device not in [d.name for d in list_input_devices()]
+            _record_until(source, lambda _: "no input device matches 'pulse'" in caplog.text)
+            assert source.stats().restarts == 0
+            pulse.restart_daemon()
+            _record_until(source, lambda _: source.stats().restarts >= 1)
+            tone = 0.5 * np.sin(2 * np.pi * 700.0 * np.arange(FEED_RATE) / FEED_RATE)
+            played = _play(pulse, tone)
+            after = _record_until(source, _captured_until(played + 0.5))
+    finally:
+        source.stop()
+    assert pulse.device in [d.name for d in list_input_devices()]
+    assert "reopened" in caplog.text
+    recorded = np.concatenate([b.samples for b in after])
+    spectrum = np.abs(np.fft.rfft(recorded))
+    assert abs(np.argmax(spectrum) * 32000 / len(recorded) - 700.0) <= 4
+
+
+def test_stop_returns_when_the_device_hangs(pulse, caplog):
+    """A supervisor stuck in a device call (a hung sound server) cannot block stop()."""
+    source = MicrophoneSource("mic", pulse.device)
+    source.STOP_TIMEOUT_SECONDS = 0.5
+    looking = threading.Event()
+    release = threading.Event()
+
+    def hung_find_again():
+        looking.set()
+        release.wait(60)
+        raise SoundwatchError("released by the test")
+
+    source._find_again = hung_find_again  # the device scan never returns
+    source.start()
+    try:
+        _record_until(source, _audio)
+        source._stream.abort()  # the device stops delivering: the supervisor reopens it ...
+        assert looking.wait(30)  # ... and hangs looking for the device
+        stopper = threading.Thread(target=source.stop, daemon=True)
+        with caplog.at_level("WARNING", logger="soundwatch.stream.microphone"):
+            stopper.start()
+            stopper.join(30)
+        assert not stopper.is_alive(), "stop() waited for the hung supervisor"
+        assert "did not stop" in caplog.text and "'mic'" in caplog.text
+    finally:
+        release.set()
 
 
 def test_devices_are_listed_and_found_by_index_or_name_part(pulse):
@@ -135,8 +209,12 @@ def test_devices_are_listed_and_found_by_index_or_name_part(pulse):
         find_input_device(999)
     with pytest.raises(SoundwatchError, match="cannot record 64"):
         MicrophoneSource("mic", "pulse", channels=64)
+    # channels=None records one channel, whatever the device offers
+    assert pulse_device.channels > 1
+    mono = MicrophoneSource("mic", "pulse")
+    assert mono.channels == 1 and mono.describe()["channels"] == 1
     # a microphone cannot be slowed down: when inference is behind, windows are dropped
-    assert MicrophoneSource("mic", "pulse").waits_when_behind is False
+    assert mono.waits_when_behind is False
 
 
 def test_missing_portaudio_is_explained(monkeypatch):

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 class MicrophoneSource(RingSource):
     """Records one input device. ``device`` is an index, part of a name, or None (default).
 
-    ``channels`` defaults to 1 (PortAudio/the host API downmixes), ``samplerate`` to the
+    ``channels`` is how many channels to record (averaged to mono); None means 1, whatever
+    the device has (the host API or sound server downmixes). ``samplerate`` defaults to the
     device's default rate, ``blocksize`` to 20 ms of frames.
     """
 
@@ -49,6 +50,8 @@ class MicrophoneSource(RingSource):
     #: Reopen attempts wait this long at first, doubling up to ``MAX_BACKOFF_SECONDS``.
     FIRST_BACKOFF_SECONDS = 0.25
     MAX_BACKOFF_SECONDS = 5.0
+    #: ``stop`` waits this long for the supervisor thread.
+    STOP_TIMEOUT_SECONDS = 5.0
 
     def __init__(
         self,
@@ -61,7 +64,6 @@ class MicrophoneSource(RingSource):
         ring_seconds: float = 10.0,
         stall_seconds: float = 3.0,
     ):
-        self._query = device
         self._device: DeviceInfo = find_input_device(device)
         channels = 1 if channels is None else int(channels)
         if not 1 <= channels <= self._device.channels:
@@ -107,10 +109,23 @@ class MicrophoneSource(RingSource):
         self._supervisor.start()
 
     def stop(self) -> None:
+        """Stop supervising and close the stream; waits at most ``STOP_TIMEOUT_SECONDS``.
+
+        A supervisor stuck in a device call (a hung sound server) is left behind (it is a
+        daemon thread, and closes what it opens once it sees the stop) and logged.
+        """
         self._stop.set()
-        if self._supervisor is not None and self._supervisor is not threading.current_thread():
-            self._supervisor.join()
-        self._supervisor = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(self.STOP_TIMEOUT_SECONDS)
+            if supervisor.is_alive():
+                log.warning(
+                    "input device %r (stream %r): the supervisor did not stop within %.0f s "
+                    "(stuck in a device call); leaving it behind",
+                    self._device.name,
+                    self.id,
+                    self.STOP_TIMEOUT_SECONDS,
+                )
         self._close()
 
     def describe(self) -> dict[str, Any]:
@@ -125,11 +140,6 @@ class MicrophoneSource(RingSource):
             "blocksize": self.blocksize,
             "ring_seconds": self.ring_seconds,
         }
-
-    @property
-    def device(self) -> DeviceInfo:
-        """The device currently (or last) recorded."""
-        return self._device
 
     # ---------------------------------------------------------------- PortAudio side
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -244,6 +254,9 @@ class MicrophoneSource(RingSource):
                 )
                 backoff = min(backoff * 2, self.MAX_BACKOFF_SECONDS)
                 continue
+            if self._stop.is_set():  # stopped while opening: stop() no longer waits
+                self._close()
+                return
             self._restarts += 1
             log.warning(
                 "input device %r (stream %r) reopened after %d attempt(s)",

@@ -148,9 +148,3 @@ class SpscRing:
                 break
             found = float(self._log_time[slot])
         return found
-
-    def reset(self) -> None:
-        """Forget all content (only when neither side is running)."""
-        self._write_count = self._read_count = 0
-        self._marker_written = self._marker_read = 0
-        self._log_written = 0
