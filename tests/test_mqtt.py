@@ -26,9 +26,10 @@ import pytest
 from conftest import require_executable, require_module
 from paho.mqtt.enums import CallbackAPIVersion
 
+from soundwatch.client import Subscriber
 from soundwatch.errors import SoundwatchError
 from soundwatch.mqtt import MqttBridge, MqttConfig
-from soundwatch.mqtt.config import parse_broker_url
+from soundwatch.mqtt.config import parse_broker_url, topic_safe
 from soundwatch.mqtt.discovery import Topics, binary_sensor, discovery_messages, score_sensor
 from soundwatch.sinks.messages import Event, Status, Tags
 from soundwatch.sinks.publisher import Publisher, ZmqOutput
@@ -531,3 +532,126 @@ def test_bridge_command_stops_cleanly_on_sigterm(
     assert "mqtt bridge stopped" in stderr and "dropped 0" in stderr
     recorder.wait_latest(f"{BASE}/attic/dog/state", "OFF")
     recorder.wait_latest(f"{BASE}/availability", "offline")
+
+
+# -- end to end: the real pipeline replaying a file in real time -----------------------
+
+
+def silence_bark_silence(shared: Callable[[str], Path], directory: Path) -> tuple[Path, float]:
+    """4 s of silence, a 5 s ESC-50 dog clip (barks from 0.3 s on), 4 s of silence."""
+    import soundfile
+
+    clip = shared("audio/esc50-dev/audio/4-184575-A-0.wav")
+    bark, rate = soundfile.read(clip, dtype="float32")
+    quiet = np.zeros(4 * rate, np.float32)
+    path = directory / "yard.wav"
+    soundfile.write(path, np.concatenate([quiet, bark, quiet]), rate)
+    return path, 4.0 + len(bark) / rate
+
+
+def test_real_run_turns_the_dog_on_and_off_and_survives_a_broker_restart(
+    broker: Broker, recorder: Recorder, shared: Callable[[str], Path], tmp_path: Path
+) -> None:
+    weights = shared("models/mn04_as_mAP_432.pt")
+    path, sound_end = silence_bark_silence(shared, tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    received: list = []
+    done = threading.Event()
+    with Subscriber(endpoint, topics=["events.", "status.", "tags."]) as subscriber:
+
+        def read() -> None:
+            while not done.is_set():
+                message = subscriber.receive(timeout=0.2)
+                if message is not None:
+                    received.append(message)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        bridge = MqttBridge(endpoint, config(broker, reconnect_max_delay=2))
+        bridge.start()
+        run = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "soundwatch.cli", "run", "--source", f"yard=file:{path}"),
+                *("--pace", "realtime", "--publish", endpoint, "--weights", str(weights)),
+                *("--wait-for-subscribers", "6"),  # 3 topics for the bridge, 3 for the test
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        try:
+            # Restart the broker while the file plays (as soon as the first scores arrive).
+            wait_until(lambda: recorder.on(f"{BASE}/yard/scores"), 120, "the first scores")
+            broker.stop()
+            restarted = time.time()
+            broker.start()
+            _, stderr = run.communicate(timeout=120)
+            assert run.returncode == 0, stderr
+            # The final status (ended) turns everything OFF; wait until the bridge read it.
+            wait_until(
+                lambda: any(isinstance(m, Status) and m.ended for m in received), 20, "the end"
+            )
+            wait_until(lambda: bridge.counters.received >= len(received), 20, "the bridge")
+        finally:
+            run.kill()
+            done.set()
+            reader.join(10)
+            bridge.close()
+
+    tags_messages = [m for m in received if isinstance(m, Tags)]
+    origin = tags_messages[0].t_start  # Unix time of the file's first sample
+    dogs = [m for m in received if isinstance(m, Event) and m.label == "dog"]
+    starts = [m for m in dogs if m.state == "start"]
+    ends = [m for m in dogs if m.state == "end"]
+    assert len(starts) == len(ends) >= 1, dogs
+
+    # Discovery came, for every group the stream announces, again after the restart.
+    groups = next(m for m in received if isinstance(m, Status)).groups
+    assert "dog" in groups
+    for group in groups:
+        topic = f"homeassistant/binary_sensor/{NODE}/yard_{topic_safe(group)}/config"
+        announced = recorder.on(topic)
+        assert announced and announced[-1].at >= restarted, topic
+    assert recorder.on(f"{BASE}/availability")[-1].payload == "offline"  # after close()
+    assert any(
+        m.at >= restarted and m.payload == "online" for m in recorder.on(f"{BASE}/availability")
+    )
+
+    # The dog's state: ON after the bark began, OFF after it ended, as the events say.
+    states = [m for m in recorder.on(f"{BASE}/yard/dog/state") if m.at >= restarted]
+    flips = [m for i, m in enumerate(states) if i == 0 or m.payload != states[i - 1].payload]
+    on = [m for m in flips if m.payload == "ON"]
+    off = [m for m in flips if m.payload == "OFF"]
+    assert len(on) == len(starts), [(m.payload, m.at - origin) for m in states]
+    for start, end, went_on in zip(starts, ends, on, strict=True):
+        went_off = next(m for m in off if m.at > went_on.at)
+        assert went_on.at >= start.t_pub - 0.05 and went_off.at >= end.t_pub - 0.05
+        assert went_on.at > origin + 4.0  # never before the dog barked
+        print(
+            f"dog event {start.event_id}: onset {start.onset - origin:.2f} s, offset "
+            f"{end.offset - origin:.2f} s into the file; MQTT ON {went_on.at - origin:.2f} s, "
+            f"OFF {went_off.at - origin:.2f} s"
+        )
+    assert starts[0].onset - origin == pytest.approx(4.3, abs=1.0)  # the first bark at 4.3 s
+    assert off[-1].at > origin + sound_end - 0.5  # the last OFF once the barking is over
+    final = json.loads(recorder.latest(f"{BASE}/yard/dog/attributes"))
+    assert (final["event_id"], final["onset"], final["offset"]) == (
+        ends[-1].event_id,
+        ends[-1].onset,
+        ends[-1].offset,
+    )
+    # The events topic carried every dog event of the run (none lost to the restart).
+    mqtt_events = [m.json() for m in recorder.on(f"{BASE}/yard/events")]
+    assert [(e["event_id"], e["state"]) for e in mqtt_events if e["label"] == "dog"] == [
+        (m.event_id, m.state) for m in dogs
+    ]
+    # Nothing stays ON; scores came at most once a second.
+    for topic in {m.topic for m in recorder.messages if m.topic.endswith("/state")}:
+        if topic.startswith(f"{BASE}/yard/"):
+            assert recorder.latest(topic) == "OFF", topic
+    scores = [m.json()["t_end"] for m in recorder.on(f"{BASE}/yard/scores")]
+    assert len(scores) >= 5 and (np.diff(scores) > 0.8).all(), scores
+    counters = bridge.counters
+    assert (counters.connects, counters.disconnects) == (2, 1)  # the restart was noticed
+    assert counters.dropped == 0 and counters.missed == 0 and counters.malformed == 0

@@ -59,7 +59,7 @@ class BridgeCounters:
     dropped: int = 0  # events dropped because the outage queue was full
     scores_dropped: int = 0  # scores messages not sent because the broker was away
     connects: int = 0
-    disconnects: int = 0
+    disconnects: int = 0  # connections lost (not counting the clean one at close())
     stale_cleared: int = 0  # retained ON states of an earlier run turned OFF
     malformed: int = 0  # ZeroMQ messages that were not soundwatch messages
     missed: int = 0  # ZeroMQ messages lost before reaching the bridge (seq gaps)
@@ -233,8 +233,8 @@ class MqttBridge:
         if not self._connected.is_set():
             return
         self._connected.clear()
-        self.counters.disconnects += 1
-        if not self._stop.is_set():
+        if not self._stop.is_set():  # not our own disconnect at close()
+            self.counters.disconnects += 1
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
