@@ -61,12 +61,15 @@ def free_port() -> int:
 class Broker:
     """A real mosquitto on a loopback port; stop() and start() keep the port."""
 
-    def __init__(self, executable: str, directory: Path) -> None:
+    def __init__(self, executable: str, directory: Path, settings: str = "") -> None:
         self.executable = executable
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
+        # As root, mosquitto would become the user "mosquitto", who cannot read tmp_path.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\npersistence false\n{user}"
+            + (settings or "allow_anonymous true\n")
         )
         self.log = directory / "mosquitto.log"
         self.process: subprocess.Popen | None = None
@@ -119,10 +122,14 @@ class Received:
 class Recorder:
     """A paho client subscribed to everything; resubscribes after a broker restart."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ca: Path | None = None, login: tuple[str, str] | None = None):
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"recorder-{port}")
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.on_connect = lambda client, *_: client.subscribe("#", qos=1)
         self.client.on_message = self._record
         self.client.reconnect_delay_set(1, 1)
@@ -655,3 +662,46 @@ def test_real_run_turns_the_dog_on_and_off_and_survives_a_broker_restart(
     counters = bridge.counters
     assert (counters.connects, counters.disconnects) == (2, 1)  # the restart was noticed
     assert counters.dropped == 0 and counters.missed == 0 and counters.malformed == 0
+
+
+def test_tls_with_user_and_password(tmp_path: Path, feed: Feed, caplog) -> None:
+    """mqtts:// with a percent-encoded password against a TLS broker that requires a
+    login: it works with the right CA and login; a wrong password is reported clearly."""
+    openssl = require_executable("openssl")
+    passwd = require_executable("mosquitto_passwd")
+    cert, key, passwords = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "passwords"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([passwd, "-b", "-c", str(passwords), "bridge", "p@ss:word"], check=True)
+    settings = f"certfile {cert}\nkeyfile {key}\npassword_file {passwords}\nallow_anonymous false\n"
+    server = Broker(require_executable("mosquitto"), tmp_path, settings)
+    server.start()
+    watcher = Recorder(server.port, ca=cert, login=("bridge", "p@ss:word"))
+    url = f"mqtts://bridge:p%40ss%3Aword@127.0.0.1:{server.port}"
+    try:
+        with MqttBridge(feed.endpoint, MqttConfig(broker=url, node=NODE, tls={"ca_certs": cert})):
+            feed.wait_for_bridge()
+            watcher.wait_latest(f"{BASE}/availability", "online")
+            feed.send(event("cellar", "dog", 0, "start", time.time()))
+            watcher.wait_latest(f"{BASE}/cellar/dog/state", "ON")
+        watcher.wait_latest(f"{BASE}/cellar/dog/state", "OFF")
+        wrong = url.replace("p%40ss", "guess")
+        refused = MqttBridge(feed.endpoint, MqttConfig(broker=wrong, tls={"ca_certs": cert}))
+        refused.start()
+        try:
+            wait_until(
+                lambda: "check USER:PASS in the broker URL" in caplog.text, what="the refusal"
+            )
+            assert not refused.connected
+        finally:
+            refused.close(timeout=1)
+    finally:
+        watcher.close()
+        server.stop()

@@ -172,6 +172,8 @@ class MqttBridge:
                 last.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as error:
                 log.warning("could not deliver the final states: %s", error)
+        elif self.counters.connects == 0:
+            log.warning("closing without ever reaching the broker: nothing was published")
         else:
             log.warning(
                 "closing while the broker is away: states stay as the broker has them; the "
