@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.models import InferenceWorker, LoadedModel, build_model, load_model
@@ -44,7 +45,8 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_worker(loaded: LoadedModel, onnx_cache: Path) -> InferenceWorker:
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
+    require_module("onnxscript")
     return InferenceWorker(loaded, device="cpu", threads=2, backend="onnx", cache_dir=onnx_cache)
 
 
@@ -125,7 +127,13 @@ def test_onnx_backend_matches_torch(
 ) -> None:
     mels = clip_mels[0]
     torch_worker = InferenceWorker(loaded, device="cpu")
-    for batch in (mels, mels[:1, :, :100], mels[:3, :, :537]):  # batch and time are dynamic
+    # batch and time are dynamic, down to the one-frame window of a 10 ms stream
+    for batch in (
+        mels,
+        mels[:1, :, :100],
+        mels[:3, :, :537],
+        *(mels[:2, :, :t] for t in (1, 2, 32)),
+    ):
         probs, emb = onnx_worker.infer(batch)
         expected_probs, expected_emb = torch_worker.infer(batch)
         assert probs.dtype == np.float32 and probs.shape == expected_probs.shape
@@ -159,7 +167,8 @@ def test_dynamic_block_exports_to_onnx(tmp_path: Path) -> None:
 
     (A whole DyMN exports the same way, but takes about a minute; benchmarks/models.py
     checks whole-model ONNX parity for every model it times.)"""
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
+    require_module("onnxscript")
     torch.manual_seed(3)
     cfg = BlockConfig(16, 5, 48, 24, use_se=False, activation="HS", stride=2)
     block = DynamicInvertedResidual(cfg, 0.4, DynamicSettings(temperature=1.0))

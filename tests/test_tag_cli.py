@@ -83,3 +83,66 @@ def test_tag_events_json(shared, tmp_path: Path) -> None:
     assert abs(first["keyboard_typing"]["onset"] - 0.0) <= 0.5
     assert abs(first["speech"]["onset"] - 13.0) <= 0.5
     assert first["keyboard_typing"]["onset"] < first["speech"]["onset"]
+
+
+def test_onnx_backend_tags_short_windows_in_tag_and_run(shared, tmp_path: Path) -> None:
+    """The ONNX export takes every window the pipeline makes: 32-frame windows (the
+    shortest ``windows.window``), a file's final window, and a file shorter than one window
+    (one 10-frame window); ``tag`` and ``run`` agree with the torch backend."""
+    import os
+
+    import numpy as np
+    import soundfile
+
+    weights = shared("models/mn04_as_mAP_432.pt")
+    speech, rate = soundfile.read(shared("audio/clips/speech.wav"), dtype="float32")
+    long, tiny = tmp_path / "long.wav", tmp_path / "tiny.wav"
+    soundfile.write(long, speech[: int(1.05 * rate)], rate)
+    soundfile.write(tiny, speech[int(2.0 * rate) : int(2.1 * rate)], rate)
+    env = {**os.environ, "SOUNDWATCH_CACHE": str(tmp_path / "cache")}  # a fresh export
+    windows = ("--window", "0.32", "--hop", "0.32", "--weights", str(weights))
+
+    def records(*args: str) -> list[dict]:
+        result = subprocess.run(
+            [sys.executable, "-m", "soundwatch.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    tagged = {}
+    for backend in ("onnx", "torch"):
+        paths = (str(long), str(tiny))
+        tagged[backend] = records(
+            "tag", *paths, *windows, "--backend", backend, "--json", "--probs"
+        )
+    onnx, torch_ = tagged["onnx"], tagged["torch"]
+    assert [(r["file"], r["t_start"], r["t_end"]) for r in onnx] == [
+        (str(long), 0.0, 0.32),
+        (str(long), 0.32, 0.64),
+        (str(long), 0.64, 0.96),
+        (str(long), 0.73, 1.05),  # the final window ends at the last frame
+        (str(tiny), 0.0, 0.1),  # shorter than one window: one window of all 10 frames
+    ]
+    assert [(r["t_start"], r["t_end"]) for r in torch_] == [
+        (r["t_start"], r["t_end"]) for r in onnx
+    ]
+    for got, expected in zip(onnx, torch_, strict=True):
+        np.testing.assert_allclose(got["probs"], expected["probs"], atol=1e-3, rtol=0)
+
+    sources = ("--source", f"file:{tiny}", "--source", f"file:{long}", "--pace", "fast")
+    published = records(
+        "run", *sources, *windows, "--backend", "onnx", "--jsonl", "-",
+        *("--publish", f"ipc://{tmp_path / 'pub'}"),
+    )  # fmt: skip
+    tags = {stream: [r for r in published if r["kind"] == "tags" and r["stream"] == stream]
+            for stream in ("tiny", "long")}  # fmt: skip
+    assert [round(r["t_end"] - r["t_start"], 6) for r in tags["long"]] == [0.32] * 4
+    assert [round(r["t_end"] - r["t_start"], 6) for r in tags["tiny"]] == [0.1]
+    np.testing.assert_allclose(tags["tiny"][0]["probs"], onnx[-1]["probs"], atol=1e-4, rtol=0)
+    for got, expected in zip(tags["long"], onnx[:4], strict=True):
+        np.testing.assert_allclose(got["probs"], expected["probs"], atol=1e-4, rtol=0)

@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "mel"
 OUTPUT_NAMES = ("probabilities", "embedding")
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 """Bump when the exported graph changes, so stale cached exports are not reused."""
-_MIN_FRAMES = 33
-_MAX_FRAMES = 1 << 20
+MIN_FRAMES = 1
+"""Shortest window the export accepts: any window the pipeline makes (a stream shorter than
+one window is tagged as one window of all its frames, down to a single frame)."""
+MAX_FRAMES = 1 << 20
 
 
 def require_onnxruntime() -> ModuleType:
@@ -72,7 +74,7 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
         output_names=OUTPUT_NAMES,
         dynamic_axes={
             0: torch.export.Dim("batch", min=1, max=1 << 16),
-            3: torch.export.Dim("frames", min=_MIN_FRAMES, max=_MAX_FRAMES),
+            3: torch.export.Dim("frames", min=MIN_FRAMES, max=MAX_FRAMES),
         },
     )
 
