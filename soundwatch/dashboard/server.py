@@ -107,11 +107,11 @@ class Relay(threading.Thread):
         try:
             while not self._stop_event.is_set():
                 message = self.subscriber.receive(timeout=0.2)
+                self.stats = self._stats()  # before the update: counters never lag a page
                 if message is not None:
                     rev, update = self.state.apply(message)
                     if update["type"] != "ignored":
                         self.deliver(rev, json.dumps(update, separators=(",", ":")))
-                self.stats = self._stats()
         finally:
             self.subscriber.close()
 

@@ -45,7 +45,7 @@ class StreamView:
     stream: str
     status: dict[str, Any] | None = None
     status_received: float | None = None  # time.monotonic() when the last status came
-    run_start: float | None = None  # the status t_start of the pipeline run seen last
+    status_seq: int | None = None  # seq of the last status: a restarted pipeline counts anew
     top: list[list[Any]] = field(default_factory=list)
     groups: dict[str, float] = field(default_factory=dict)
     t_end: float | None = None  # audio time of the newest tags window
@@ -143,8 +143,8 @@ class DashboardState:
     def _status(self, view: StreamView, message: Status) -> dict[str, Any]:
         if message.labels:
             self.labels[message.stream] = list(message.labels)
-        new_run = view.run_start is not None and message.t_start != view.run_start
-        view.run_start = message.t_start
+        new_run = view.status_seq is not None and message.seq <= view.status_seq
+        view.status_seq = message.seq
         view.status_received = time.monotonic()
         view.status = {
             "model": message.model,

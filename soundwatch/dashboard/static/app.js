@@ -330,8 +330,9 @@ class Stream {
     }
     for (const key of [...this.shown.keys()]) if (!targets.has(key)) this.shown.delete(key);
 
-    const labelW = Math.min(200, Math.max(110, w * 0.38));
-    const valueW = 84;
+    const labelW = Math.min(200, Math.max(96, w * 0.36));
+    ctx.font = `14px ${c.font}`;
+    const valueW = ctx.measureText(groups.length ? "0.00 / 0.00" : "0.00").width + 12;
     const trackX = labelW + 8;
     const trackW = Math.max(20, w - trackX - valueW);
     if (!top.length) {
@@ -501,14 +502,16 @@ class Stream {
     rows.forEach((row, i) => {
       const y = i * HEAT_ROW + HEAT_ROW / 2;
       if (row.kind === "group") {
-        ctx.font = `600 13px ${c.font}`;
-        const threshold = row.threshold === null ? "" : ` ≥ ${row.threshold.toFixed(2)}`;
-        ctx.fillStyle = rgba(c.text);
-        const name = ellipsize(ctx, row.name, gutter - 70);
-        ctx.fillText(name, 0, y);
+        const threshold = row.threshold === null ? "" : `≥ ${row.threshold.toFixed(2)}`;
         ctx.font = `12px ${c.font}`;
         ctx.fillStyle = rgba(c.muted);
-        ctx.fillText(threshold, ctx.measureText(name).width + 14, y);
+        ctx.textAlign = "right";
+        ctx.fillText(threshold, gutter - 10, y);
+        ctx.textAlign = "left";
+        const room = gutter - 20 - ctx.measureText(threshold).width;
+        ctx.font = `600 13px ${c.font}`;
+        ctx.fillStyle = rgba(c.text);
+        ctx.fillText(ellipsize(ctx, row.name, room), 0, y);
       } else {
         ctx.font = `13px ${c.font}`;
         ctx.fillStyle = rgba(c.text, 0.92);
@@ -562,9 +565,10 @@ class Stream {
   }
 
   renderHealth() {
-    const set = (key, text, warn = false) => {
+    const set = (key, text, warn = false, title = text) => {
       const node = this.q(`[data-health="${key}"]`);
       node.textContent = text;
+      node.title = title;
       node.classList.toggle("warn", warn);
     };
     const s = this.status;
@@ -576,7 +580,14 @@ class Stream {
     const counters = s.counters || {};
     const source = s.source || {};
     set("model", s.model || "–");
-    set("source", [source.kind, source.device ?? source.path].filter(Boolean).join(" · ") || "–");
+    const where = source.device ?? source.path;
+    const shortWhere = typeof where === "string" ? where.split("/").pop() : where;
+    set(
+      "source",
+      [source.kind, shortWhere].filter((v) => v !== undefined && v !== null && v !== "").join(" · ") || "–",
+      false,
+      [source.kind, where].filter(Boolean).join(" · "),
+    );
     const lat = s.latency || {};
     set("latency", "p50" in lat ? `${Math.round(lat.p50 * 1000)} / ${Math.round(lat.p99 * 1000)} ms` : "no windows yet");
     set("overflows", String(counters.overflows ?? 0), (counters.overflows ?? 0) > 0);
