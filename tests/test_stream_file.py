@@ -13,7 +13,7 @@ import torch
 import torchaudio
 
 from soundwatch.errors import SoundwatchError
-from soundwatch.stream import FileSource, open_source, read_audio_file
+from soundwatch.stream import FileSource, open_source, pacing, read_audio_file
 from soundwatch.stream.base import AudioBlock
 
 
@@ -122,7 +122,9 @@ def test_realtime_pace_never_runs_ahead_of_the_wall_clock(tmp_path):
     assert source.read(0.01) is None
 
 
-def test_realtime_read_waits_at_most_timeout_and_releases_only_what_is_due(tmp_path):
+def test_realtime_read_with_zero_timeout_never_waits_and_releases_only_what_is_due(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "c.wav"
     _write(path, 32000, 2.0)
     source = FileSource("c", path, pace="realtime")
@@ -130,11 +132,17 @@ def test_realtime_read_waits_at_most_timeout_and_releases_only_what_is_due(tmp_p
     first = source.read(1.0)
     assert first is not None
     assert len(first.samples) < 0.5 * 32000
-    t = time.monotonic()
-    while source.read(0.0) is not None:  # drain what is due; then None at once, no waiting
-        assert time.monotonic() - t < 0.5
-    assert time.monotonic() - t < 0.5
-    assert not source.ended
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"read(0.0) waited {seconds} s")
+
+    monkeypatch.setattr(pacing.time, "sleep", no_sleep)
+    released = len(first.samples)
+    while (block := source.read(0.0)) is not None:  # drain what is due; then None at once
+        released += len(block.samples)
+        due = (time.monotonic() - source._pacer.t_mono) * 32000
+        assert released <= due  # never ahead of the wall clock
+    assert not source.ended and released < 2.0 * 32000
 
 
 def test_loop_wraps_seamlessly_and_keeps_time_increasing(tmp_path):

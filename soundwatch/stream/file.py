@@ -23,6 +23,7 @@ import numpy as np
 from soundwatch.errors import SoundwatchError
 from soundwatch.stream.base import AudioBlock, Source, SourceStats
 from soundwatch.stream.decode import DECODE_BLOCK_FRAMES, audio_file_info, iter_resampled
+from soundwatch.stream.pacing import RealtimePacer
 from soundwatch.stream.resample import TARGET_RATE
 
 PACES = ("realtime", "fast")
@@ -30,11 +31,6 @@ PACES = ("realtime", "fast")
 
 class FileSource(Source):
     """Decoded audio file; see the module docstring for pacing and timestamps."""
-
-    #: In real-time pace, ``read`` waits until at least this much audio is due.
-    MIN_RELEASE_SECONDS = 0.01
-    #: ... and returns at most this much at once.
-    MAX_RELEASE_SECONDS = 0.5
 
     def __init__(
         self,
@@ -61,7 +57,7 @@ class FileSource(Source):
         self._released = 0  # 32 kHz samples returned so far
         self._decoded_native = 0
         self._t_open = 0.0
-        self._t_mono = 0.0
+        self._pacer = RealtimePacer()
 
     def start(self) -> None:
         if self._blocks is not None:
@@ -70,7 +66,7 @@ class FileSource(Source):
             self.path, loop=self.loop, block_frames=self._block_frames, on_decoded=self._count
         )
         self._t_open = time.time()
-        self._t_mono = time.monotonic()
+        self._pacer.start()
 
     def stop(self) -> None:
         if self._blocks is not None and hasattr(self._blocks, "close"):
@@ -136,21 +132,15 @@ class FileSource(Source):
         return self._read_realtime(timeout)
 
     def _read_realtime(self, timeout: float) -> AudioBlock | None:
-        deadline = time.monotonic() + max(0.0, timeout)
-        min_release = int(self.MIN_RELEASE_SECONDS * TARGET_RATE)
-        max_release = int(self.MAX_RELEASE_SECONDS * TARGET_RATE)
-        while True:
-            if self.ended:
-                return None
-            due = int((time.monotonic() - self._t_mono) * TARGET_RATE) - self._released
-            while len(self._pending) < min(due, max_release) and self._decode_next():
-                pass
-            n = min(due, max_release, len(self._pending))
-            if n >= min_release or (n > 0 and self._exhausted and n == len(self._pending)):
-                t_ingest = self._t_mono + (self._released + n) / TARGET_RATE
-                return self._release(n, t_ingest)
-            wake = self._t_mono + (self._released + min_release) / TARGET_RATE
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(max(0.0, min(wake - time.monotonic(), remaining)))
+        if self.ended:
+            return None
+        n = self._pacer.next_release(self._released, self._decode_up_to, timeout)
+        if n == 0:
+            return None
+        return self._release(n, self._pacer.ingest_time(self._released + n))
+
+    def _decode_up_to(self, want: int) -> int:
+        """Decode until ``want`` samples are pending (fewer at the end); how many are."""
+        while len(self._pending) < want and self._decode_next():
+            pass
+        return min(want, len(self._pending))

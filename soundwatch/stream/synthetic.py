@@ -19,6 +19,7 @@ import numpy as np
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.stream.base import AudioBlock, Source, SourceStats
+from soundwatch.stream.pacing import RealtimePacer
 from soundwatch.stream.resample import TARGET_RATE
 
 RATE = TARGET_RATE
@@ -93,9 +94,6 @@ def render_segment(seed: int, index: int) -> tuple[str, np.ndarray]:
 class SyntheticSource(Source):
     """Deterministic demo audio; real-time paced by default (``pace="fast"`` for tests)."""
 
-    MIN_RELEASE_SECONDS = 0.01
-    MAX_RELEASE_SECONDS = 0.5
-
     def __init__(
         self,
         stream_id: str = "synthetic",
@@ -120,14 +118,14 @@ class SyntheticSource(Source):
         self._started = False
         self._stopped = False
         self._t_open = 0.0
-        self._t_mono = 0.0
+        self._pacer = RealtimePacer(RATE)
 
     def start(self) -> None:
         if self._started:
             return
         self._started = True
         self._t_open = time.time()
-        self._t_mono = time.monotonic()
+        self._pacer.start()
 
     def stop(self) -> None:
         self._stopped = True
@@ -174,28 +172,22 @@ class SyntheticSource(Source):
     def read(self, timeout: float) -> AudioBlock | None:
         if not self._started:
             raise SoundwatchError(f"synthetic source {self.id!r} was not started")
-        max_release = int(self.MAX_RELEASE_SECONDS * RATE)
-        deadline = time.monotonic() + max(0.0, timeout)
-        while not self.ended:
-            limit = max_release
-            if self._total is not None:
-                limit = min(limit, self._total - self._produced)
-            if self.pace == "fast":
-                due = limit
-            else:
-                due = min(limit, int((time.monotonic() - self._t_mono) * RATE) - self._produced)
-            if due >= min(limit, int(self.MIN_RELEASE_SECONDS * RATE)) and due > 0:
-                t_start = self._t_open + self._produced / RATE
-                samples = self.generate(due)
-                t_ingest = (
-                    time.monotonic()
-                    if self.pace == "fast"
-                    else self._t_mono + self._produced / RATE
-                )
-                return AudioBlock(samples, t_start, t_ingest)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            wake = self._t_mono + (self._produced + int(self.MIN_RELEASE_SECONDS * RATE)) / RATE
-            time.sleep(max(0.0, min(wake - time.monotonic(), remaining)))
-        return None
+        if self.ended:
+            return None
+        if self.pace == "fast":
+            n = self._available(int(RealtimePacer.MAX_RELEASE_SECONDS * RATE))
+        else:
+            n = self._pacer.next_release(self._produced, self._available, timeout)
+        if n == 0:
+            return None
+        t_start = self._t_open + self._produced / RATE
+        samples = self.generate(n)
+        fast = self.pace == "fast"
+        t_ingest = time.monotonic() if fast else self._pacer.ingest_time(self._produced)
+        return AudioBlock(samples, t_start, t_ingest)
+
+    def _available(self, want: int) -> int:
+        """How many of the next ``want`` samples exist (fewer only with a ``duration``)."""
+        if self._total is None:
+            return want
+        return max(0, min(want, self._total - self._produced))
