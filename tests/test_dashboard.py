@@ -66,7 +66,7 @@ def tags(stream: str = "hall", t_end: float = 1003.0, dog: float = 0.8) -> Tags:
         t_end=t_end,
         probs=probs,
         top=[("Dog", dog), ("Speech", 0.3)],
-        groups={"dog": dog, "speech": 0.3},
+        groups={"dog": dog, "speech": 0.3, "siren": 0.001},
     )
 
 
@@ -108,7 +108,8 @@ def test_state_keeps_the_recent_past_bounded() -> None:
         rev, update = state.apply(tags(t_end=1003.0 + i * 0.5, dog=0.8 if i % 2 == 0 else 0.1))
     assert update["type"] == "tags" and update["top"][0] == ["Dog", 0.1]
     column = update["column"]
-    assert column["g"] == {"dog": 0.1, "speech": 0.3}
+    assert column["g"] == {"dog": 0.1, "speech": 0.3}, "groups far under any threshold left out"
+    assert update["groups"] == {"dog": 0.1, "speech": 0.3, "siren": 0.001}
     assert column["l"] == {"Dog": 0.1, "Speech": 0.3}, "labels under the floor are left out"
     for i in range(50):
         state.apply(mel(t_end=1000.0 + i * 0.2))
@@ -495,8 +496,20 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(screenshot))
         assert Path(screenshot).stat().st_size > 20_000
+
+        # The dashboard stops with the page open (Ctrl-C), and a new one on the same port
+        # takes over: the page reconnects by itself and shows the streams again.
+        assert stop(dashboard) == 0, "the dashboard did not stop cleanly on Ctrl-C"
+        connection = (By.ID, "connection")
+        wait.until(lambda d: d.find_element(*connection).get_attribute("data-state") == "closed")
+        port = url.rstrip("/").rpartition(":")[2]
+        dashboard = soundwatch("dashboard", "--endpoint", endpoint, "--port", port)
+        processes.append(dashboard)
+        Lines(dashboard).wait_for(r"dashboard on", 60)
+        wait.until(lambda d: d.find_element(*connection).get_attribute("data-state") == "open")
+        wait.until(lambda d: top_label(d) == "Speech", "the page did not come back")
     finally:
         if driver is not None:
             driver.quit()
-        codes = [stop(process) for process in reversed(processes)]
-    assert codes[0] == 0 or len(codes) == 1, "the dashboard did not stop cleanly on Ctrl-C"
+        for process in reversed(processes):
+            stop(process)

@@ -39,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from soundwatch.client import Subscriber
 from soundwatch.dashboard.state import DashboardState
 from soundwatch.errors import SoundwatchError
+from soundwatch.sinks.messages import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Relay(threading.Thread):
         self.subscriber = subscriber
         self.state = state
         self.deliver = deliver  # called with (revision, json text) on this thread
-        self.stats: dict[str, Any] = {"received": 0, "malformed": 0, "missed": {}}
+        self.stats: dict[str, Any] = {"received": 0, "malformed": 0, "missed": {}, "errors": 0}
+        self.errors = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -109,11 +111,19 @@ class Relay(threading.Thread):
                 message = self.subscriber.receive(timeout=0.2)
                 self.stats = self._stats()  # before the update: counters never lag a page
                 if message is not None:
-                    rev, update = self.state.apply(message)
-                    if update["type"] != "ignored":
-                        self.deliver(rev, json.dumps(update, separators=(",", ":")))
+                    self._relay(message)
         finally:
             self.subscriber.close()
+
+    def _relay(self, message: Envelope) -> None:
+        try:
+            rev, update = self.state.apply(message)
+        except Exception:  # a bug shown in the log and counted, not a frozen page
+            self.errors += 1
+            log.exception("dashboard: cannot show the %s message", message.topic)
+            return
+        if update["type"] != "ignored":
+            self.deliver(rev, json.dumps(update, separators=(",", ":")))
 
     def _stats(self) -> dict[str, Any]:
         missed: dict[str, int] = {}
@@ -124,6 +134,7 @@ class Relay(threading.Thread):
             "received": self.subscriber.received,
             "malformed": self.subscriber.malformed,
             "missed": missed,
+            "errors": self.errors,
         }
 
     def stop(self) -> None:

@@ -31,6 +31,7 @@ MEL_SECONDS = 12.0  # seconds of spectrogram kept per stream
 MAX_MEL_FRAMES = 4096  # spectrogram frames kept at most, whatever the frame rate
 LABELS_PER_COLUMN = 12  # labels kept per timeline column (the best by smoothed score)
 LABEL_FLOOR = 0.02  # labels under this smoothed score are left out of timeline columns
+GROUP_FLOOR = 0.005  # groups under this score too (half the lowest preset threshold)
 TIME_JUMP_S = 1.0  # audio time going back more than this starts a new timeline
 
 
@@ -120,7 +121,7 @@ class DashboardState:
         view.groups = {name: _r(score) for name, score in message.groups.items()}
         column = {
             "t": message.t_end,
-            "g": view.groups,
+            "g": {name: score for name, score in view.groups.items() if score >= GROUP_FLOOR},
             "l": self._column_labels(message),
         }
         view.columns.append(column)
@@ -129,7 +130,13 @@ class DashboardState:
             view.columns.popleft()
         if reset:
             return {"type": "stream", "view": view.to_json()}
-        return {"type": "tags", "t_end": message.t_end, "top": view.top, "column": column}
+        return {
+            "type": "tags",
+            "t_end": message.t_end,
+            "top": view.top,
+            "groups": view.groups,
+            "column": column,
+        }
 
     def _column_labels(self, message: Tags) -> dict[str, float]:
         labels = self.labels.get(message.stream)

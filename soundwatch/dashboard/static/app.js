@@ -191,7 +191,7 @@ class Stream {
     this.seen();
     this.tEnd = msg.t_end;
     this.top = msg.top;
-    this.groups = msg.column.g;
+    this.groups = msg.groups;
     this.columns.push(msg.column);
     const horizon = msg.t_end - 300;
     let drop = 0;
