@@ -28,7 +28,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from soundwatch.dashboard.config import DashboardConfig, parse_listen_address
-from soundwatch.dashboard.server import CLIENT_QUEUE, RESYNC, DashboardServer, Hub
+from soundwatch.dashboard.server import CLIENT_QUEUE, RESYNC, DashboardServer, Hub, connectable
 from soundwatch.dashboard.state import EVENTS_KEPT, DashboardState
 from soundwatch.errors import SoundwatchError
 from soundwatch.sinks.messages import Event, Mel, Status, Tags
@@ -292,6 +292,14 @@ def test_server_refuses_pages_of_other_sites() -> None:
             assert receive_until(same, lambda m: m["type"] == "snapshot", "a snapshot")
 
 
+def test_endpoints_bound_on_all_interfaces_are_reached_on_loopback() -> None:
+    assert connectable("tcp://*:5557") == "tcp://127.0.0.1:5557"
+    assert connectable("tcp://0.0.0.0:5557") == "tcp://127.0.0.1:5557"
+    assert connectable("tcp://[::]:5557") == "tcp://[::1]:5557"
+    assert connectable("ipc:///run/sw.sock") == "ipc:///run/sw.sock"
+    assert DashboardServer(["tcp://*:6000"]).endpoints == ["tcp://127.0.0.1:6000"]
+
+
 def test_busy_port_and_bad_endpoint_are_clear_errors() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -426,6 +434,7 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
             "--force-device-scale-factor=1",
         ):
             options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(chromedriver), options=options)
         driver.execute_cdp_cmd(
             "Emulation.setEmulatedMedia",
@@ -496,6 +505,8 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(screenshot))
         assert Path(screenshot).stat().st_size > 20_000
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, f"the page logged errors: {errors}"
 
         # The dashboard stops with the page open (Ctrl-C), and a new one on the same port
         # takes over: the page reconnects by itself and shows the streams again.

@@ -171,6 +171,19 @@ class LocalHostsOnly:
         await self.app(scope, receive, send)
 
 
+def connectable(endpoint: str) -> str:
+    """A bound endpoint as a subscriber connects to it: ``tcp://*:5557`` and
+    ``tcp://0.0.0.0:5557`` (all interfaces) are reached on the loopback address."""
+    for wildcard, loopback in (
+        ("tcp://*:", "tcp://127.0.0.1:"),
+        ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
+        ("tcp://[::]:", "tcp://[::1]:"),
+    ):
+        if endpoint.startswith(wildcard):
+            return loopback + endpoint.removeprefix(wildcard)
+    return endpoint
+
+
 def _host_name(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1:].partition("]")[0]
@@ -196,7 +209,7 @@ class DashboardServer:
     def __init__(self, endpoints: list[str], host: str = "127.0.0.1", port: int = 8080) -> None:
         if not endpoints:
             raise SoundwatchError("the dashboard needs at least one endpoint to subscribe to")
-        self.endpoints = list(endpoints)
+        self.endpoints = [connectable(endpoint) for endpoint in endpoints]
         self.host = host
         self.port = port
         self.state = DashboardState()

@@ -21,6 +21,7 @@ const BAR_EASE_S = 0.18; // bars ease towards new values with this time constant
 const app = {
   streams: new Map(), // name -> Stream
   selected: null, // a stream name, or null for all
+  chosen: false, // the user picked (or the address named) what to show
   span: 120, // seconds of timeline shown
   stats: { missed: {} },
   connection: null,
@@ -650,12 +651,12 @@ function stream(name) {
 function layout() {
   const container = document.getElementById("streams");
   const names = [...app.streams.keys()].sort();
-  if (app.selected !== null && !app.streams.has(app.selected)) app.selected = null;
-  if (app.selected === null && names.length > 4) app.selected = names[0];
+  if (!app.chosen && names.length > 4) app.selected = names[0]; // many: one at a time
+  // A stream picked but not (yet) there: show them all meanwhile.
+  const active = app.selected !== null && app.streams.has(app.selected) ? app.selected : null;
   container.replaceChildren(...names.map((name) => app.streams.get(name).card));
   for (const name of names) {
-    const card = app.streams.get(name).card;
-    card.hidden = app.selected !== null && app.selected !== name;
+    app.streams.get(name).card.hidden = active !== null && active !== name;
   }
   const visible = names.filter((n) => !app.streams.get(n).card.hidden).length;
   container.classList.toggle("single", visible === 1);
@@ -666,10 +667,11 @@ function layout() {
   const choice = (label, value) => {
     const button = el("button", "", label);
     button.type = "button";
-    button.setAttribute("aria-pressed", String(app.selected === value));
+    button.setAttribute("aria-pressed", String(active === value));
     button.addEventListener("click", () => {
       app.selected = value;
-      history.replaceState(null, "", value === null ? "#" : `#stream=${encodeURIComponent(value)}`);
+      app.chosen = true;
+      history.replaceState(null, "", `#stream=${encodeURIComponent(value ?? "")}`);
       layout();
     });
     return button;
@@ -793,7 +795,8 @@ function themeChanged() {
 
 function init() {
   const hash = new URLSearchParams(location.hash.slice(1));
-  app.selected = hash.get("stream");
+  app.selected = hash.get("stream") || null; // "#stream=" (empty): all streams
+  app.chosen = hash.has("stream");
   const span = document.getElementById("span");
   app.span = Number(span.value);
   span.addEventListener("change", () => {
