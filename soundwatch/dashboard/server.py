@@ -21,7 +21,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,7 +95,7 @@ class Relay(threading.Thread):
         self,
         subscriber: Subscriber,
         state: DashboardState,
-        deliver: Any,
+        deliver: Callable[[int, str], None],
     ) -> None:
         super().__init__(name="dashboard-relay", daemon=True)
         self.subscriber = subscriber
