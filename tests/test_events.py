@@ -430,3 +430,45 @@ def test_aggregator_counts_late_windows_as_they_come():
     assert aggregator.late_windows == 1
     aggregator.reset()  # a new segment keeps the count
     assert aggregator.late_windows == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    endings=st.lists(
+        st.sampled_from(["final", "device_lost", "clock_jump"]), min_size=1, max_size=4
+    ),
+)
+def test_every_start_gets_one_end_at_stream_end_device_loss_and_shutdown(seed, endings):
+    # Segments end in every way the pipeline ends them: a final (shorter) window at the end
+    # of a file or a lost device, the frame count restarting after a device came back, the
+    # clock jumping; the last segment is cut by on_stream_end (shutdown) while still open.
+    rng = np.random.default_rng(seed)
+    config = EventsConfig(window=1.0, hop=0.5, agreement=0.8, trim=0.1, min_duration=0.2)
+    s = DetectorSettings.from_config(config, [Group("a", (0,)), Group("b", (1,))])
+    published = []
+    handler = EventsHandler(s, published.append)
+    origin = 1000.0
+    for ending in [*endings, "shutdown"]:
+        n_frames = int(rng.integers(150, 1200))
+        placement = windows_of(n_frames, 100, 50)
+        if ending != "final":  # only a file's end brings a final (maybe shorter) window
+            placement = [(a, b, False) for a, b, _ in placement if b - a == 100]
+        probs = np.full((len(placement), 2), 0.9, dtype=np.float32)  # loud: events stay open
+        probs[: len(placement) // 3] = random_walk_probs(rng, len(placement) // 3, 2)
+        for r in results_for("kitchen", placement, probs, origin):
+            handler.on_result(r)
+        origin += n_frames / 100 + (0.0 if ending == "device_lost" else 50.0)
+        if ending == "shutdown":
+            handler.on_stream_end("kitchen")
+    starts = [m.event_id for m in published if m.state == "start"]
+    ends = [m.event_id for m in published if m.state == "end"]
+    assert starts, "loud windows must start events"
+    assert sorted(starts) == sorted(ends) and len(set(starts)) == len(starts)
+    for m in published:
+        if m.state == "end":
+            assert m.offset is not None and m.offset >= m.onset
+    # Nothing is left open: ending the stream again publishes nothing.
+    count = len(published)
+    handler.on_stream_end("kitchen")
+    assert len(published) == count

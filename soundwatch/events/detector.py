@@ -266,7 +266,7 @@ class EventDetector:
         messages.extend(self._emit(u) for u in self._feed_tracker(self._smoother.finish()))
         messages.extend(self._emit(u) for u in self._tracker.finish())
         self._sync_counters()
-        self.reset()
+        self._reset()
         return messages
 
     def _sync_counters(self) -> None:
@@ -274,8 +274,8 @@ class EventDetector:
         self.counters.late_windows = self._aggregator.late_windows
         self.counters.uncovered_steps = self._aggregator.uncovered_steps
 
-    def reset(self) -> None:
-        """Forget the current segment (open events are dropped without an end message)."""
+    def _reset(self) -> None:
+        """Forget the finished segment (only after :meth:`finish` closed its events)."""
         self._aggregator.reset()
         self._smoother.reset()
         self._tracker.reset()
