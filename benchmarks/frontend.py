@@ -3,7 +3,7 @@
 Rows (all measured in one run, each the median of ``--runs`` runs over ``--seconds`` of audio):
 
 a) soundwatch ``StreamingLogMel`` fed 10 ms hops (320-sample pushes): 1 stream, 64 separate
-   streams, and ``StreamingLogMelBatch`` of 64 streams;
+   streams, and ``StreamingLogMelBatch`` (``benchmarks/logmel_batch.py``) of 64 streams;
 b) a torch reference computing the one new frame each hop (pre-emphasis conv1d, ``torch.stft``
    over the last 1025 samples, mel matmul, log) - the per-hop baseline;
 c) a windowed tagger's frontend: the full torch reference over a 10 s window every 1 s;
@@ -33,6 +33,7 @@ import numba
 import numpy as np
 import torch
 import torchaudio
+from logmel_batch import StreamingLogMelBatch
 from report import cpu_model, replace_section
 
 import soundwatch.dsp as dsp
@@ -204,7 +205,7 @@ def bench_streaming_batch(waves: np.ndarray, runs: int, block: int = HOP) -> Row
     pushes = (n - 2 * HOP) // block
 
     def run() -> float:
-        batch = dsp.StreamingLogMelBatch(n_streams)
+        batch = StreamingLogMelBatch(n_streams)
         batch.push(waves[:, : 2 * HOP])
         start = clock()
         for i in range(pushes):
@@ -401,7 +402,8 @@ def main() -> int:
             f"{args.streams}-stream batch {vs_c[batch.name]:,.0f}x with 10 ms pushes, "
             f"{vs_c[batch_100ms.name]:,.0f}x with 100 ms pushes "
             f"({'met' if best >= 100 else 'not met'}, see below).",
-            f"- {args.streams} streams: `StreamingLogMelBatch` is {batch_gain:.2f}x the speed of "
+            f"- {args.streams} streams: `StreamingLogMelBatch` (a benchmark-only batch form, "
+            f"`benchmarks/logmel_batch.py`) is {batch_gain:.2f}x the speed of "
             f"{args.streams} separate `StreamingLogMel` objects (one numba call instead of "
             f"{args.streams} Python calls).",
             f"- `soundwatch.dsp.warmup()` took {compile_seconds:.2f} s in this run (numba "

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,18 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as error:
         unavailable(f"{name} cannot be imported ({error}); scripts/setup installs it")
+
+
+def resample_offline(samples: np.ndarray, orig_rate: int, new_rate: int = 32000) -> np.ndarray:
+    """Reference for the streaming resampler: ``torchaudio.functional.resample`` of a whole
+    mono float32 signal."""
+    import torch
+    import torchaudio
+
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    if orig_rate == new_rate:
+        return x.numpy().copy()
+    return torchaudio.functional.resample(x, orig_rate, new_rate).numpy()
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import soundwatch.dsp as dsp
-from soundwatch.dsp.kernels import log_positive, refresh_stale_cache
+from benchmarks.logmel_batch import StreamingLogMelBatch
+from soundwatch.dsp.kernels import log_positive
 from soundwatch.dsp.melbank import kaldi_mel_banks, mel_segments
 from soundwatch.errors import SoundwatchError
 
@@ -220,13 +221,13 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
     assert sum(sizes_after) < 64_000
 
 
-# --- batch form -------------------------------------------------------------------------
+# --- batch form (benchmarks/logmel_batch.py, measured by benchmarks/frontend.py) --------
 
 
 def test_batch_equals_separate_streams() -> None:
     waves = np.stack([test_wave(9000, seed=s) for s in range(5)])
     waves[2, 100] = np.nan
-    batch = dsp.StreamingLogMelBatch(5)
+    batch = StreamingLogMelBatch(5)
     streams = [dsp.StreamingLogMel() for _ in range(5)]
     got, expected = [], []
     for start, size in [(0, 1), (1, 320), (321, 4000), (4321, 4679)]:
@@ -239,7 +240,7 @@ def test_batch_equals_separate_streams() -> None:
     assert batch.frames_emitted == dsp.frames_for_samples(9000)
     assert batch.nonfinite_samples.tolist() == [0, 0, 1, 0, 0]
     with pytest.raises(SoundwatchError, match="rows"):
-        dsp.StreamingLogMelBatch(5).push(waves[:3])
+        StreamingLogMelBatch(5).push(waves[:3])
 
 
 # --- bad input and lifecycle -----------------------------------------------------------
@@ -348,10 +349,68 @@ def test_vectorised_log_matches_numpy() -> None:
     np.testing.assert_allclose(result, np.log(values), rtol=0, atol=5e-11)
 
 
-def test_warmup_reports_its_time() -> None:
-    assert dsp.warmup() >= 0.0
+def _python(script: str, **env: str) -> str:
+    """Run ``script`` in a fresh interpreter (its own numba state); its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
-def test_compiled_kernels_use_the_current_tables() -> None:
-    """numba's cache only watches kernels.py; warmup() checks the tables compiled in."""
-    assert refresh_stale_cache() is False
+def test_warmup_compiles_every_kernel_a_stream_uses() -> None:
+    """After ``warmup()`` no push, flush or ``logmel`` call compiles anything."""
+    script = """
+import numpy as np
+import soundwatch.dsp as dsp
+from soundwatch.dsp import kernels
+
+def compiled():
+    return {k.__name__: len(k.signatures) for k in kernels._KERNELS}
+
+dsp.warmup()
+before = compiled()
+wave = np.random.default_rng(0).standard_normal(40000).astype(np.float32)
+stream = dsp.StreamingLogMel()
+for size in (1, 319, 320, 5000, 34360):
+    stream.push(wave[:size])
+stream.flush()
+dsp.logmel(wave)
+assert before["push_samples"] and before["flush_frames"], before  # the entry points
+assert compiled() == before, (before, compiled())
+print("ok")
+"""
+    assert _python(script).strip() == "ok"
+
+
+def test_a_numba_cache_built_from_other_tables_is_rebuilt(tmp_path) -> None:
+    """numba's cache only watches kernels.py: kernels cached with other tables (an edit of
+    tables.py) are detected by ``warmup()`` and recompiled, and then compute the right mel."""
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    stale = """
+import soundwatch.dsp as dsp
+dsp.tables.WINDOW_TAPS *= 0.5  # before the first compile: as if tables.py had been edited
+assert dsp.warmup() >= 0 and not dsp.kernels.refresh_stale_cache()
+"""
+    _python(stale, **cache)
+    check = """
+import numpy as np
+import soundwatch.dsp as dsp
+from soundwatch.dsp.kernels import refresh_stale_cache
+assert refresh_stale_cache() is True, "the stale cache was not noticed"
+assert refresh_stale_cache() is False
+wave = np.random.default_rng(0).standard_normal(9000).astype(np.float32)
+np.save(__import__("sys").argv[1], dsp.logmel(wave))
+"""
+    out = tmp_path / "mel.npy"
+    _python(check.replace('__import__("sys").argv[1]', repr(str(out))), **cache)
+    wave = np.random.default_rng(0).standard_normal(9000).astype(np.float32)
+    np.testing.assert_array_equal(np.load(out), dsp.logmel(wave))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from conftest import resample_offline
 from pulse_harness import PulseMicrophone
 
 from soundwatch.errors import SoundwatchError
@@ -21,7 +22,6 @@ from soundwatch.stream import find_input_device, list_input_devices, open_source
 from soundwatch.stream.base import AudioBlock
 from soundwatch.stream.devices import PortAudioStreams, import_sounddevice
 from soundwatch.stream.microphone import MicrophoneSource
-from soundwatch.stream.resample import resample_offline
 
 FEED_RATE = 16000
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import resample_offline
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.stream import PcmFormat, PcmSource, open_source
-from soundwatch.stream.resample import resample_offline
 
 
 def _drain(source, limit: float = 30.0):

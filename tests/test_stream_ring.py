@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import resample_offline
 
 from soundwatch.stream.base import RingSource
-from soundwatch.stream.resample import resample_offline
 from soundwatch.stream.ring import SpscRing
 
 

@@ -1,13 +1,13 @@
 """Log-mel frontend: 32 kHz mono audio -> the 128-bin normalised log-mel the taggers expect.
 
 ``logmel(wave)`` for whole waveforms, ``StreamingLogMel`` for live audio in chunks (frame
-``i`` centred at input sample ``i * HOP``), ``StreamingLogMelBatch`` for many aligned
-streams, ``warmup()`` to compile the numba kernels before the first audio arrives.
+``i`` centred at input sample ``i * HOP``), ``warmup()`` to compile the numba kernels
+before the first audio arrives.
 """
 
 from soundwatch.dsp.logmel import logmel, warmup
 from soundwatch.dsp.melbank import MelSegments, kaldi_mel_banks, mel_segments
-from soundwatch.dsp.streaming import LOOKAHEAD_SAMPLES, StreamingLogMel, StreamingLogMelBatch
+from soundwatch.dsp.streaming import LOOKAHEAD_SAMPLES, StreamingLogMel
 from soundwatch.dsp.tables import (
     FMAX,
     FMIN,
@@ -32,7 +32,6 @@ __all__ = [
     "WIN_LENGTH",
     "MelSegments",
     "StreamingLogMel",
-    "StreamingLogMelBatch",
     "frames_for_samples",
     "kaldi_mel_banks",
     "logmel",

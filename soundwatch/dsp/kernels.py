@@ -421,24 +421,6 @@ def flush_frames(
     return col - first_col
 
 
-@nb.njit(**_JIT)
-def push_samples_batch(
-    chunks: np.ndarray, states: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray
-) -> None:
-    """``push_samples`` for ``S`` aligned streams: ``chunks [S, L]`` -> ``out [S, N_MELS, k]``."""
-    for s in range(chunks.shape[0]):
-        push_samples(chunks[s], states[s], counters[s], work, out[s], 0)
-
-
-@nb.njit(**_JIT)
-def flush_frames_batch(
-    states: np.ndarray, counters: np.ndarray, work: np.ndarray, out: np.ndarray
-) -> None:
-    """``flush_frames`` for ``S`` aligned streams."""
-    for s in range(states.shape[0]):
-        flush_frames(states[s], counters[s], work, out[s], 0)
-
-
 # --- numba's on-disk cache and the tables ----------------------------------------------
 # numba keys its cache on this file only, but the kernels freeze the tables of tables.py
 # (and the mel filterbank of melbank.py) into the compiled code. A checksum compiled into a
@@ -515,8 +497,6 @@ _KERNELS = (
     compute_frame,
     push_samples,
     flush_frames,
-    push_samples_batch,
-    flush_frames_batch,
     _checksum_bits,
     _checksum_compiled,
 )

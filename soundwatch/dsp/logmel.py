@@ -23,7 +23,7 @@ from soundwatch.dsp.kernels import (
     push_samples,
     refresh_stale_cache,
 )
-from soundwatch.dsp.streaming import StreamingLogMel, StreamingLogMelBatch
+from soundwatch.dsp.streaming import StreamingLogMel
 from soundwatch.dsp.tables import HOP, N_MELS, RING_SIZE, frames_for_samples
 from soundwatch.errors import SoundwatchError
 
@@ -82,7 +82,4 @@ def warmup() -> float:
     stream = StreamingLogMel()
     stream.push(wave)
     stream.flush()
-    batch = StreamingLogMelBatch(2)
-    batch.push(np.zeros((2, wave.shape[0]), dtype=np.float32))
-    batch.flush()
     return time.perf_counter() - start

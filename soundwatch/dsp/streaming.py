@@ -18,10 +18,8 @@ from soundwatch.dsp.kernels import (
     STATE_SIZE,
     WORK_SIZE,
     flush_frames,
-    flush_frames_batch,
     frames_ready,
     push_samples,
-    push_samples_batch,
 )
 from soundwatch.dsp.tables import N_MELS, frames_for_samples
 from soundwatch.errors import SoundwatchError
@@ -123,88 +121,6 @@ class StreamingLogMel:
         """NaN/Inf samples received in this stream, each replaced by 0 before processing
         (plus any sample so large, beyond ~1e38, that its pre-emphasis overflowed)."""
         return int(self._counters[C_NONFINITE])
-
-    @property
-    def ended(self) -> bool:
-        """True after ``flush()`` until ``reset()``."""
-        return self._ended
-
-
-class StreamingLogMelBatch:
-    """``StreamingLogMel`` for ``n_streams`` aligned streams advanced by one numba call.
-
-    ``push(chunks)`` takes float ``[n_streams, samples]`` (same length for every stream, e.g.
-    the channels of one capture device, or many sources polled in lockstep) and returns
-    float32 ``[n_streams, 128, k]``; ``flush()`` likewise. Each row is exactly what a
-    separate ``StreamingLogMel`` would return. One call saves the Python overhead of
-    ``n_streams`` separate pushes (1.75x faster for 64 streams, see ``docs/performance.md``).
-    """
-
-    def __init__(self, n_streams: int) -> None:
-        if n_streams < 1:
-            raise SoundwatchError(f"n_streams must be at least 1, got {n_streams}")
-        self.n_streams = n_streams
-        self._states = np.zeros((n_streams, STATE_SIZE), dtype=np.float32)
-        self._counters = np.zeros((n_streams, N_COUNTERS), dtype=np.int64)
-        self._work = np.zeros(WORK_SIZE, dtype=np.float64)  # shared: streams run in turn
-        self._samples = 0
-        self._frames = 0
-        self._ended = False
-
-    def reset(self) -> None:
-        """Forget every stream (counters too) and start new ones."""
-        self._states.fill(0.0)
-        self._counters.fill(0)
-        self._samples = 0
-        self._frames = 0
-        self._ended = False
-
-    def push(self, chunks: np.ndarray) -> np.ndarray:
-        """Add ``[n_streams, samples]``; return the completed frames ``[n_streams, 128, k]``."""
-        if self._ended:
-            raise _ended_error()
-        samples = as_float32_samples(chunks, what="chunks", ndim=2)
-        if samples.shape[0] != self.n_streams:
-            raise SoundwatchError(
-                f"chunks has {samples.shape[0]} rows but this batch has {self.n_streams} "
-                "streams; pass one row per stream"
-            )
-        n_after = self._samples + samples.shape[1]
-        k = frames_ready(n_after) - self._frames
-        out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
-        push_samples_batch(samples, self._states, self._counters, self._work, out)
-        self._samples = n_after
-        self._frames += k
-        return out
-
-    def flush(self) -> np.ndarray:
-        """End every stream; return their last frames ``[n_streams, 128, k]`` (as
-        ``StreamingLogMel.flush``)."""
-        if self._ended:
-            raise SoundwatchError("flush() was already called; call reset() to start again")
-        self._ended = True
-        if self._samples < 2:
-            return np.empty((self.n_streams, N_MELS, 0), dtype=np.float32)
-        k = frames_for_samples(self._samples) - self._frames
-        out = np.empty((self.n_streams, N_MELS, k), dtype=np.float32)
-        flush_frames_batch(self._states, self._counters, self._work, out)
-        self._frames += k
-        return out
-
-    @property
-    def frames_emitted(self) -> int:
-        """Frames returned so far per stream (the same for all streams)."""
-        return self._frames
-
-    @property
-    def samples_pushed(self) -> int:
-        """Input samples received so far per stream."""
-        return self._samples
-
-    @property
-    def nonfinite_samples(self) -> np.ndarray:
-        """NaN/Inf samples replaced by 0, per stream (int64 ``[n_streams]``, a copy)."""
-        return self._counters[:, C_NONFINITE].copy()
 
     @property
     def ended(self) -> bool:

@@ -121,16 +121,3 @@ class StreamingResampler:
         self._buffer = self._buffer[steps * self._orig :].copy()
         self._produced += len(out)
         return out
-
-
-def resample_offline(
-    samples: np.ndarray, orig_rate: int, new_rate: int = TARGET_RATE
-) -> np.ndarray:
-    """Reference: ``torchaudio.functional.resample`` of a whole mono float32 signal."""
-    import torch
-    import torchaudio
-
-    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    if orig_rate == new_rate:
-        return x.numpy().copy()
-    return torchaudio.functional.resample(x, orig_rate, new_rate).numpy()
