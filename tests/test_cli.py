@@ -45,13 +45,27 @@ def test_config_check_rejects_bad_key_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_devices_lists_or_explains() -> None:
-    result = run_cli("devices")
-    assert "Traceback" not in result.stderr
-    if result.returncode == 0:
-        assert "index" in result.stdout or "no audio input devices" in result.stdout
-    else:
-        assert "libportaudio2" in result.stderr
+def test_devices_lists_the_sound_servers_microphone() -> None:
+    """``soundwatch devices`` with a (private) PulseAudio server: its device is listed with
+    index, channels and rate. (Missing PortAudio: tests/test_stream_microphone.py.)"""
+    from pulse_harness import PulseMicrophone
+
+    with PulseMicrophone() as pulse:
+        result = subprocess.run(
+            [sys.executable, "-m", "soundwatch.cli", "devices"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=pulse.env,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["index", "channels", "rate", "name"]
+    pulse_rows = [row.split() for row in rows if row.split()[3:4] == [pulse.device]]
+    assert len(pulse_rows) == 1, result.stdout
+    _index, channels, rate = (int(v) for v in pulse_rows[0][:3])  # all three are numbers
+    assert channels >= 1 and rate >= 8000
 
 
 def test_file_names_become_valid_stream_ids_and_bad_ids_are_explained() -> None:

@@ -398,7 +398,8 @@ def test_a_numba_cache_built_from_other_tables_is_rebuilt(tmp_path) -> None:
     stale = """
 import soundwatch.dsp as dsp
 dsp.tables.WINDOW_TAPS *= 0.5  # before the first compile: as if tables.py had been edited
-assert dsp.warmup() >= 0 and not dsp.kernels.refresh_stale_cache()
+dsp.warmup()
+assert not dsp.kernels.refresh_stale_cache()  # consistent with its own tables
 """
     _python(stale, **cache)
     check = """
