@@ -430,7 +430,7 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
             "--no-sandbox",
             "--disable-dev-shm-usage",
             "--disable-gpu",
-            "--window-size=1680,1160",
+            "--window-size=1680,1220",
             "--force-device-scale-factor=1",
         ):
             options.add_argument(argument)

@@ -232,8 +232,9 @@ class Stream {
         buffer, bctx, cap, bins: chunk.bins, frameRate: chunk.frame_rate,
         lo: chunk.lo, hi: chunk.hi, frames: 0,
       };
-      this.q(".spectro-hint").textContent =
-        `log-mel · ${chunk.bins} bands · ${Math.round(chunk.frame_rate)} frames/s`;
+      const hint = this.q(".spectro-hint");
+      hint.textContent = `log-mel · ${chunk.bins} bands`;
+      hint.title = `${chunk.bins} mel bands, ${Math.round(chunk.frame_rate)} frames per second`;
       this.q(".spectro-span").textContent = `−${MEL_SECONDS} s`;
     }
     // One colour scale for the whole picture: the widest range the messages used.
@@ -331,7 +332,7 @@ class Stream {
     }
     for (const key of [...this.shown.keys()]) if (!targets.has(key)) this.shown.delete(key);
 
-    const labelW = Math.min(200, Math.max(96, w * 0.36));
+    const labelW = Math.min(220, Math.max(96, w * 0.42));
     ctx.font = `14px ${c.font}`;
     const valueW = ctx.measureText(groups.length ? "0.00 / 0.00" : "0.00").width + 12;
     const trackX = labelW + 8;
