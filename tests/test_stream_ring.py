@@ -68,6 +68,8 @@ def test_spsc_two_threads_lose_nothing_when_the_producer_waits():
     rng = np.random.default_rng(1)
     sizes = rng.integers(1, 200, size=5000)
 
+    stop = threading.Event()  # set when the consumer gives up, so the producer ends too
+
     def produce() -> None:
         position = 0
         k = 0
@@ -79,10 +81,12 @@ def test_spsc_two_threads_lose_nothing_when_the_producer_waits():
             while done < size:
                 done += ring.write(chunk[done:])
                 if done < size:
+                    if stop.is_set():
+                        return
                     time.sleep(0)
             position += size
 
-    producer = threading.Thread(target=produce)
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     received = []
     count = 0
@@ -95,7 +99,9 @@ def test_spsc_two_threads_lose_nothing_when_the_producer_waits():
             count += len(out)
         else:
             time.sleep(0)
-    producer.join()
+    stop.set()
+    producer.join(timeout=30)
+    assert count == total and not producer.is_alive()
     data = np.concatenate(received)
     np.testing.assert_array_equal(data, np.arange(total, dtype=np.float32))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,6 @@ def run_tail(*args: str) -> tuple[subprocess.CompletedProcess[str], list]:
     ]
     for message in messages:
         publisher.publish(message)
-        time.sleep(0.05)
     try:
         stdout, stderr = process.communicate(timeout=30)
     finally:
