@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -177,3 +178,40 @@ def test_bad_pcm_options_are_clear_errors():
         PcmFormat(rate=0)
     with pytest.raises(SoundwatchError, match="cannot open PCM input"):
         open_source("p", "pcm:/nonexistent/fifo").start()
+
+
+def test_stdin_that_stops_mid_sample_keeps_every_whole_frame():
+    """A producer killed mid-write: stereo s16le ending 3 bytes into a frame (one whole
+    sample and half of the next). Every whole frame is kept, the rest reported, no hang."""
+    rate = 16000
+    frames = (np.arange(2 * rate * 2) % 3000 - 1500).astype("<i2").reshape(-1, 2)
+    data = frames.tobytes() + b"\x10\x00\x20"
+    script = (
+        "import json, logging, numpy as np\n"
+        "from soundwatch.stream import open_source\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "src = open_source('pcm', 'pcm:-?rate=16000&channels=2')\n"
+        "src.start()\n"
+        "blocks = []\n"
+        "while not src.ended:\n"
+        "    b = src.read(0.1)\n"
+        "    if b is not None:\n"
+        "        blocks.append(b.samples)\n"
+        "src.stop()\n"
+        "x = np.concatenate(blocks)\n"
+        "np.save(__import__('sys').argv[1], x)\n"
+        "stats = src.stats()\n"
+        "print(json.dumps({'in': stats.samples_in, 'dropped': stats.dropped_samples}))\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "x.npy")
+        result = subprocess.run(
+            [sys.executable, "-c", script, out], input=data, capture_output=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        got = np.load(out)
+    assert json.loads(result.stdout) == {"in": len(frames), "dropped": 0}
+    stderr = result.stderr.decode()
+    assert "ended with 3 byte(s) that do not form a whole frame (4 bytes per frame)" in stderr
+    mono = frames.astype(np.float32).mean(axis=1) / 32768
+    np.testing.assert_allclose(got, resample_offline(mono, rate), atol=1e-5, rtol=0)
