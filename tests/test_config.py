@@ -78,3 +78,22 @@ def test_overrides_replace_and_revalidate() -> None:
 def test_windows_must_be_whole_frames() -> None:
     with pytest.raises(SoundwatchError, match=r"window \(0.325 s\) must be a multiple of 0.01"):
         parse_config({"windows": {"window": 0.325}})
+
+
+def test_model_names_are_the_catalog_and_need_no_torch() -> None:
+    """One list of models: the config accepts exactly the catalog's names, and reading a
+    config does not load torch (subscribers and ``config check`` stay light)."""
+    import subprocess
+    import sys
+
+    from soundwatch.model_catalog import MODEL_NAMES, MODEL_SPECS
+
+    for name in MODEL_NAMES:
+        assert parse_config({"model": {"name": name}}).model.name == name
+    assert MODEL_SPECS["mn04"].release_file == "mn04_as_mAP_432.pt"
+    import soundwatch.config
+
+    assert soundwatch.config.MODEL_NAMES is MODEL_NAMES
+    check = "import sys, soundwatch.config; assert 'torch' not in sys.modules, 'torch loaded'"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
