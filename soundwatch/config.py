@@ -16,22 +16,9 @@ from pydantic import Field, field_validator, model_validator
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
+from soundwatch.model_catalog import MODEL_NAMES
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
 from soundwatch.validation import StrictModel, check_whole_frames, parse_section
-
-MODEL_NAMES = (
-    "mn01",
-    "mn02",
-    "mn04",
-    "mn05",
-    "mn10",
-    "mn20",
-    "mn30",
-    "mn40",
-    "dymn04",
-    "dymn10",
-    "dymn20",
-)
 
 
 class SourceConfig(StrictModel):
