@@ -49,12 +49,22 @@ def run_events(path: Path, tagger: Tagger, config: EventsConfig):
     return detected_from_messages(tagged.events, origin), results, settings
 
 
+#: Absolute floors, whatever docs/events.md says. The issue's target is event F1 >= 0.5 with
+#: a mean onset error <= 0.4 s on scenes the thresholds never saw; the onset error is held to
+#: it here. The shipped preset (tuned on generated scenes of the first ESC-50 clips) scores
+#: below 0.5 on unseen recordings (docs/events.md), so the F1 floor sits under today's
+#: scenes-dev figure rather than at the target it does not reach yet.
+F1_FLOOR = 0.45
+ONSET_ERROR_CEILING_S = 0.4
+DOCUMENTED_ROW = "| soundwatch, shipped preset (tuned on A) | scenes-dev |"
+
+
 def documented_row() -> tuple[float, float]:
-    """F1 and onset error of the soundwatch row in docs/events.md's results table."""
+    """F1 and onset error of the shipped preset on scenes-dev in docs/events.md."""
     text = (REPO_ROOT / "docs" / "events.md").read_text(encoding="utf-8")
-    line = next(li for li in text.splitlines() if li.startswith("| soundwatch (esc50 preset)"))
+    line = next(li for li in text.splitlines() if li.startswith(DOCUMENTED_ROW))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    f1, err = float(cells[2]), float(cells[7])
+    f1, err = float(cells[2]), float(cells[5])
     assert re.fullmatch(r"\d\.\d{3}", cells[2]), line
     return f1, err
 
@@ -86,9 +96,12 @@ def test_scenes_dev_event_f1_stays_at_the_documented_level(tagger):
         event.add(score_events(true_events, detected, Collars()))
         onset.add(score_events(true_events, detected, Collars(onset_only=True)))
     documented_f1, documented_error = documented_row()
-    assert round(event.micro.f1, 3) >= documented_f1  # the table shows 3 decimals
+    # Ratchet: no worse than the table the benchmark wrote (3 and 2 decimals shown).
+    assert round(event.micro.f1, 3) >= documented_f1
     assert round(event.micro.mean_onset_error, 2) <= documented_error
-    assert event.micro.mean_onset_error <= 0.4  # the issue's target
+    # Absolute: a regression cannot be documented away by rerunning the benchmark.
+    assert event.micro.f1 >= F1_FLOOR
+    assert event.micro.mean_onset_error <= ONSET_ERROR_CEILING_S
 
 
 def test_typing_silence_speech_gives_typing_then_speech(tagger, tmp_path):
