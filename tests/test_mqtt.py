@@ -639,7 +639,9 @@ def test_real_run_turns_the_dog_on_and_off_and_survives_a_broker_restart(
         print(
             f"dog event {start.event_id}: onset {start.onset - origin:.2f} s, offset "
             f"{end.offset - origin:.2f} s into the file; MQTT ON {went_on.at - origin:.2f} s, "
-            f"OFF {went_off.at - origin:.2f} s"
+            f"OFF {went_off.at - origin:.2f} s; bridge delay (ZeroMQ publish to MQTT "
+            f"subscriber) {1000 * (went_on.at - start.t_pub):.1f} ms, "
+            f"{1000 * (went_off.at - end.t_pub):.1f} ms"
         )
     assert starts[0].onset - origin == pytest.approx(4.3, abs=1.0)  # the first bark at 4.3 s
     assert off[-1].at > origin + sound_end - 0.5  # the last OFF once the barking is over

@@ -47,6 +47,7 @@ log = logging.getLogger("soundwatch.mqtt")
 SUBSCRIBED = ["events.", "status.", "tags."]
 SCORES_INTERVAL = 1.0  # seconds: at most one scores message per stream per second
 _POLL = 0.1  # seconds the worker waits for a ZeroMQ message before looking at its flags
+_DRAIN = 1.0  # seconds close() spends at most on messages still arriving
 
 
 @dataclass
@@ -159,10 +160,13 @@ class MqttBridge:
         return self._worker is not None and self._worker.is_alive()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Turn every state OFF, publish ``offline`` and disconnect (the will is not sent)."""
+        """Handle the messages already on their way (up to a second), turn every state OFF,
+        publish ``offline`` and disconnect cleanly (so the broker does not send the will)."""
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
+            if self._worker.is_alive():
+                log.warning("the mqtt bridge worker did not stop within %.0f s", timeout)
         if self._connected.is_set():
             self._resync.clear()  # shutting down: only the final states matter now
             for stream in self._streams.values():
@@ -257,15 +261,25 @@ class MqttBridge:
             with Subscriber(self.endpoints, topics=SUBSCRIBED) as subscriber:
                 while not self._stop.is_set():
                     self._housekeeping()
-                    message = subscriber.receive(timeout=_POLL)
-                    if message is not None:
-                        self.counters.received += 1
-                        self._handle(message)
-                    self.counters.malformed = subscriber.malformed
-                    self.counters.missed = subscriber.gaps
+                    self._take(subscriber)
+                # Closing: take what is already on its way (the last events and the final
+                # status of a pipeline stopping at the same time), for a bounded time.
+                deadline = time.monotonic() + _DRAIN
+                while time.monotonic() < deadline and self._take(subscriber):
+                    pass
         except Exception as error:  # reported by the command; the bridge cannot go on
             log.exception("mqtt bridge stopped")
             self.failed = error
+
+    def _take(self, subscriber: Subscriber) -> bool:
+        """Handle the next ZeroMQ message, if one comes within ``_POLL`` seconds."""
+        message = subscriber.receive(timeout=_POLL)
+        if message is not None:
+            self.counters.received += 1
+            self._handle(message)
+        self.counters.malformed = subscriber.malformed
+        self.counters.missed = subscriber.gaps
+        return message is not None
 
     def _housekeeping(self) -> None:
         if self._connected.is_set() and self._resync.is_set():
