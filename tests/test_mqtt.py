@@ -481,8 +481,15 @@ def test_broker_restart_resends_everything_and_the_queued_events(
         feed.send(event("porch", "doorbell", 3, "start", time.time()))
         recorder.wait_latest(f"{BASE}/porch/doorbell/state", "ON")
         assert bridge.counters.connects == 2 and bridge.counters.disconnects == 1
+
+        # Closed while the broker is away: the waiting events are counted as dropped.
+        broker.stop()
+        wait_until(lambda: not bridge.connected, what="the bridge to notice again")
+        feed.send(event("porch", "doorbell", 3, "end", t0, offset=time.time()))
+        wait_until(lambda: bridge.counters.queued == queued + 6, what="the last event queued")
     finally:
         bridge.close()
+    assert bridge.counters.dropped == 3
 
 
 def run_bridge_process(broker: Broker, endpoint: str) -> subprocess.Popen[str]:

@@ -105,6 +105,8 @@ class MqttBridge:
         self._stop = threading.Event()
         self._stale: queue.SimpleQueue[str] = queue.SimpleQueue()  # retained ON topics
         self._worker: threading.Thread | None = None
+        self._closed = False
+        self._unreachable = False  # the last connection attempt failed (logged once)
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -161,7 +163,11 @@ class MqttBridge:
 
     def close(self, timeout: float = 5.0) -> None:
         """Handle the messages already on their way (up to a second), turn every state OFF,
-        publish ``offline`` and disconnect cleanly (so the broker does not send the will)."""
+        publish ``offline`` and disconnect cleanly (so the broker does not send the will).
+        Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
@@ -169,6 +175,8 @@ class MqttBridge:
                 log.warning("the mqtt bridge worker did not stop within %.0f s", timeout)
         if self._connected.is_set():
             self._resync.clear()  # shutting down: only the final states matter now
+            while self._outage and self._send(*self._outage[0], qos=1):
+                self._outage.popleft()
             for stream in self._streams.values():
                 self._close_open(stream, "shutdown")
             last = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
@@ -176,6 +184,8 @@ class MqttBridge:
                 last.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as error:
                 log.warning("could not deliver the final states: %s", error)
+            if not last.is_published():
+                log.warning("the broker did not acknowledge the final states in %.0f s", timeout)
         elif self.counters.connects == 0:
             log.warning("closing without ever reaching the broker: nothing was published")
         else:
@@ -183,6 +193,10 @@ class MqttBridge:
                 "closing while the broker is away: states stay as the broker has them; the "
                 "broker's last will said offline and the next start turns them OFF"
             )
+        if self._outage:  # the broker is away: these events are lost
+            log.warning("%d queued events could not be sent", len(self._outage))
+            self.counters.dropped += len(self._outage)
+            self._outage.clear()
         self._client.disconnect()
         self._client.loop_stop()
         log.info("mqtt bridge closed: %s", asdict(self.counters))
@@ -213,6 +227,7 @@ class MqttBridge:
             )
             return
         self.counters.connects += 1
+        self._unreachable = False
         log.info("connected to %s:%d", self.address.host, self.address.port)
         client.subscribe(
             [(f"{self.config.discovery_prefix}/status", 1), (self.topics.all_states, 1)]
@@ -221,7 +236,10 @@ class MqttBridge:
         self._resync.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        log.warning(
+        level = logging.DEBUG if self._unreachable else logging.WARNING
+        self._unreachable = True
+        log.log(
+            level,
             "cannot reach the broker at %s:%d; retrying (backoff up to %d s)",
             self.address.host,
             self.address.port,
