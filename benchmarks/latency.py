@@ -56,7 +56,7 @@ def measure(tagger: Tagger, streams: int, window: float, hop: float, seconds: fl
     last: dict[str, Status] = {}
     with Subscriber(endpoint, topics=["status."]) as subscriber:
 
-        def stop_later(pipeline, _endpoints) -> None:
+        def stop_later(pipeline, _endpoints, _notes) -> None:
             threading.Timer(seconds, pipeline.stop).start()
 
         def read() -> None:

@@ -139,6 +139,15 @@ def _setup_logging(verbose: bool) -> None:
     metavar="N",
     help="wait for N subscriptions before tagging",
 )
+@click.option(
+    "--dashboard",
+    "dashboard_at",
+    metavar="[HOST:]PORT",
+    help="serve the live dashboard from this process (127.0.0.1 unless HOST is given)",
+)
+@click.option(
+    "--mqtt", "mqtt_broker", metavar="URL", help="bridge to MQTT: mqtt://[USER:PASS@]HOST"
+)
 @click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
 @click.option("--loop/--no-loop", default=None, help="loop file sources")
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
@@ -156,6 +165,8 @@ def run(
     endpoints: tuple[str, ...],
     jsonl: str | None,
     wait_for: int | None,
+    dashboard_at: str | None,
+    mqtt_broker: str | None,
     pace: str | None,
     loop: bool | None,
     model_name: str | None,
@@ -169,9 +180,13 @@ def run(
 ) -> None:
     """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
     from soundwatch.config import apply_overrides, load_config
+    from soundwatch.dashboard.config import parse_listen_address
     from soundwatch.runner import run_live, sources_from_args
 
     _setup_logging(verbose)
+    dashboard_host, dashboard_port = (
+        parse_listen_address(dashboard_at) if dashboard_at else (None, None)
+    )
     config = load_config(config_path)
     source_configs = sources_from_args(sources, loop) if sources else None
     if source_configs is None and loop is not None:  # --loop applies to the config's sources
@@ -184,16 +199,22 @@ def run(
             "publish.jsonl": jsonl,
             "publish.wait_for_subscribers": wait_for,
             "pipeline.pace": pace,
+            "dashboard.enabled": True if dashboard_at else None,
+            "dashboard.host": dashboard_host,
+            "dashboard.port": dashboard_port,
+            "mqtt.broker": mqtt_broker,
             **_model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
         },
     )
 
-    def announce(pipeline, endpoints_bound: list[str]) -> None:
+    def announce(pipeline, endpoints_bound: list[str], notes: list[str]) -> None:
         names = ", ".join(f"{s.id} ({s.source.describe().get('kind')})" for s in pipeline.streams)
         where = ", ".join(endpoints_bound) or "no ZeroMQ endpoint"
         click.echo(f"soundwatch: tagging {names}; publishing on {where}", err=True)
+        for note in notes:
+            click.echo(f"  {note}", err=True)
         if endpoints_bound:
             click.echo(
                 f"  watch it with: soundwatch tail --endpoint {endpoints_bound[0]}", err=True

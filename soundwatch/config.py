@@ -14,9 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from soundwatch.dashboard.config import DashboardConfig
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.model_catalog import MODEL_NAMES
+from soundwatch.mqtt.config import MqttConfig
+from soundwatch.sinks.smoothing import SMOOTHING_METHODS
+from soundwatch.stream import check_source_spec
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
 from soundwatch.validation import StrictModel, check_whole_frames, parse_section
 
@@ -36,6 +40,16 @@ class SourceConfig(StrictModel):
     def _id_is_topic_safe(cls, value: str | None) -> str | None:
         if value is not None and not STREAM_ID.match(value):
             raise ValueError(STREAM_ID_RULE)
+        return value
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_is_valid(cls, value: str) -> str:
+        if value.strip() != "auto":
+            try:
+                check_source_spec(value)
+            except SoundwatchError as error:
+                raise ValueError(str(error)) from None
         return value
 
 
@@ -66,6 +80,13 @@ class WindowConfig(StrictModel):
         return self
 
 
+class SmoothingConfig(StrictModel):
+    """How tag probabilities are smoothed across a stream's windows (``smoothed`` field)."""
+
+    method: Literal[SMOOTHING_METHODS] = "ema"  # type: ignore[valid-type]
+    width: float = Field(default=1.0, gt=0.0, le=600.0)  # seconds: ema time constant, median span
+
+
 class PublishConfig(StrictModel):
     """Where results go: ZeroMQ PUB endpoints and an optional JSON-lines sink."""
 
@@ -76,6 +97,8 @@ class PublishConfig(StrictModel):
     status_interval: float = Field(default=5.0, ge=0.1, le=3600.0)
     wait_for_subscribers: int = Field(default=0, ge=0, le=10_000)
     wait_timeout: float = Field(default=10.0, ge=0.0, le=3600.0)
+    smoothing: SmoothingConfig = Field(default_factory=lambda: SmoothingConfig())
+    mel: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("endpoints")
     @classmethod
@@ -92,7 +115,7 @@ class PipelineConfig(StrictModel):
     """How audio is paced and how far inference may fall behind before windows are dropped."""
 
     pace: Literal["realtime", "fast"] = "realtime"
-    max_pending_windows: int = Field(default=64, ge=1, le=100_000)
+    max_pending_windows: int = Field(default=32, ge=1, le=100_000)  # per stream
     max_batch: int = Field(default=32, ge=1, le=1024)
 
 
@@ -107,6 +130,8 @@ class Config(StrictModel):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
 def parse_config(data: Any, origin: str = "<config>") -> Config:
@@ -116,7 +141,7 @@ def parse_config(data: Any, origin: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise SoundwatchError(
             f"invalid configuration in {origin}: the top level must be a mapping of sections "
-            f"(sources, model, windows, publish, pipeline, events), got {type(data).__name__}"
+            f"({', '.join(Config.model_fields)}), got {type(data).__name__}"
         )
     return parse_section(Config, data, origin)
 

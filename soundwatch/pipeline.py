@@ -1,18 +1,21 @@
-"""The live pipeline: capture -> log-mel frames -> windows -> batched inference -> sinks.
+"""The live pipeline: capture -> log-mel frames -> windows -> batched inference -> handlers.
 
 Threads and what they own:
 
 - one **stream thread** per source: reads audio blocks, computes each mel frame once
   (:class:`~soundwatch.dsp.StreamingLogMel`), cuts windows (:class:`MelWindower`) and puts
-  them into the shared bounded :class:`WindowQueue`;
+  them into the bounded :class:`WindowQueue`; when its source ends it queues an end marker;
 - one **inference thread**: takes due windows of all streams, runs them as one batch
-  through the :class:`~soundwatch.models.InferenceWorker` and hands each
-  :class:`WindowResult` to the result handlers (publisher, event detector, collector).
-  ZeroMQ sockets are used from this thread only.
+  through the tagger and hands each :class:`~soundwatch.results.WindowResult` to the result
+  handlers (publisher, event detector, collector) in each stream's time order. When it
+  reaches a stream's end marker every window of that stream has been delivered, and the
+  handlers hear ``on_stream_end`` for it at once. ZeroMQ sockets are used from this thread
+  only.
 
-Backpressure: when inference falls behind, the queue drops the oldest windows of live
-sources (counted per stream, with a rate-limited warning naming the stream); sources
-paced ``fast`` (files tagged as fast as possible) wait instead, so nothing of them is lost.
+Backpressure is per stream (:class:`WindowQueue`): a live stream that falls behind drops
+its own oldest windows (counted per window series, with a rate-limited warning); a source
+that can wait (``Source.waits_when_behind``: a fast-paced file, a pipe) is held instead,
+so nothing of it is lost. One stream never evicts another's windows.
 """
 
 from __future__ import annotations
@@ -29,17 +32,24 @@ import numpy as np
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
 from soundwatch.errors import SoundwatchError
-from soundwatch.results import EVENTS, TAGS, ResultHandler, WindowResult
+from soundwatch.results import EVENTS, TAGS, ResultHandler, StreamReport, WindowResult
 from soundwatch.stream import AudioBlock, Source
 
 log = logging.getLogger(__name__)
+
+#: Seconds :meth:`Pipeline.run` waits for its threads after a stop before it gives up.
+SHUTDOWN_TIMEOUT_S = 10.0
+#: Rate limit of the "falling behind" warning, per stream.
+DROP_WARNING_INTERVAL_S = 5.0
+
 
 @dataclass
 class StreamCounters:
     """What one stream lost or noticed, beyond its source's own counters."""
 
     windows_tagged: int = 0
-    windows_dropped: int = 0
+    windows_dropped: int = 0  # tag windows dropped because inference fell behind
+    event_windows_dropped: int = 0  # the event detector's own windows, when separate
     resyncs: int = 0  # the source lost audio (device restart, overflow): windows restarted
     nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
 
@@ -62,6 +72,18 @@ class _Pending:
     t_origin: float
     t_ingest: float
     purposes: frozenset[str]
+    order: int = 0  # queue arrival order, across streams
+
+
+@dataclass
+class _StreamEnd:
+    """Queued after a stream's last window: the stream's results are all delivered."""
+
+    state: StreamState
+    order: int = 0
+
+
+_Item = _Pending | _StreamEnd
 
 
 def window_series(
@@ -82,42 +104,80 @@ def window_series(
 
 
 class WindowQueue:
-    """Bounded queue of due windows from all streams, oldest first.
+    """Due windows of every stream, each stream bounded on its own, taken oldest first.
 
-    ``put(block=False)`` never waits: when full it drops the oldest window (counted on its
-    stream). ``put(block=True)`` waits for room instead (for ``fast``-paced files).
+    A stream holds at most ``per_stream`` windows. When it is full, ``put(block=False)``
+    drops that stream's own oldest window (counted on the stream, per window series) and
+    ``put(block=True)`` waits for room: a burst or a slow consumer never costs another
+    stream anything. End markers (:meth:`put_end`) never wait and are never dropped.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: deque[_Pending] = deque()
+    def __init__(self, per_stream: int) -> None:
+        if per_stream < 1:
+            raise ValueError("per_stream must be at least 1")
+        self.per_stream = per_stream
+        self._queues: dict[int, deque[_Item]] = {}
+        self._windows: dict[int, int] = {}  # windows (not end markers) queued per stream
         self._cond = threading.Condition()
+        self._order = 0
         self._closed = False
 
     def put(self, item: _Pending, block: bool) -> None:
+        key = id(item.state)
         with self._cond:
-            while block and len(self._items) >= self.capacity and not self._closed:
+            queue = self._queues.setdefault(key, deque())
+            while block and self._windows.get(key, 0) >= self.per_stream and not self._closed:
                 self._cond.wait(0.1)
-            if len(self._items) >= self.capacity:
-                dropped = self._items.popleft()
-                dropped.state.record_drop()
-            self._items.append(item)
-            self._cond.notify_all()
+            if self._closed:  # inference has stopped: this window can never be tagged
+                item.state.record_drop(item.purposes)
+                return
+            if self._windows.get(key, 0) >= self.per_stream:
+                oldest = next(i for i, q in enumerate(queue) if isinstance(q, _Pending))
+                dropped = queue[oldest]
+                del queue[oldest]
+                self._windows[key] -= 1
+                assert isinstance(dropped, _Pending)
+                dropped.state.record_drop(dropped.purposes)
+            self._append(key, item)
+            self._windows[key] = self._windows.get(key, 0) + 1
 
-    def take(self, max_items: int, timeout: float) -> list[_Pending]:
-        """Up to ``max_items`` windows, waiting at most ``timeout`` s for the first."""
+    def put_end(self, item: _StreamEnd) -> None:
         with self._cond:
-            if not self._items:
+            self._queues.setdefault(id(item.state), deque())
+            self._append(id(item.state), item)
+
+    def _append(self, key: int, item: _Item) -> None:
+        item.order = self._order
+        self._order += 1
+        self._queues[key].append(item)
+        self._cond.notify_all()
+
+    def take(self, max_items: int, timeout: float) -> list[_Item]:
+        """Up to ``max_items`` windows and end markers, oldest first across streams,
+        waiting at most ``timeout`` s for the first."""
+        with self._cond:
+            if not any(self._queues.values()):
                 self._cond.wait(timeout)
-            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
-            if batch:
+            taken: list[_Item] = []
+            while len(taken) < max_items:
+                heads = [(q[0].order, key) for key, q in self._queues.items() if q]
+                if not heads:
+                    break
+                _, key = min(heads)
+                item = self._queues[key].popleft()
+                if isinstance(item, _Pending):
+                    self._windows[key] -= 1
+                taken.append(item)
+            if taken:
                 self._cond.notify_all()
-            return batch
+            return taken
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._cond:
+            return sum(self._windows.values())
 
     def close(self) -> None:
+        """No more takes will come: waiting producers return (their windows counted)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -126,16 +186,11 @@ class WindowQueue:
 class StreamState:
     """One stream's frontend and windowing state, its clock and its counters."""
 
-    @property
-    def nonfinite_samples(self) -> int:
-        """NaN/Inf samples seen so far, over all segments."""
-        return self.counters.nonfinite_samples + self.frontend.nonfinite_samples
-
     def __init__(
         self,
         source: Source,
         series: dict[frozenset[str], tuple[float, float]],
-        block_when_full: bool,
+        on_frames: Callable[[str, np.ndarray, float], None] | None = None,
     ):
         self.source = source
         self.id = source.id
@@ -144,14 +199,40 @@ class StreamState:
             purposes: MelWindower(seconds_to_frames(window_s), seconds_to_frames(hop_s))
             for purposes, (window_s, hop_s) in series.items()
         }
-        self.block_when_full = block_when_full
+        self.block_when_full = source.waits_when_behind
+        self.on_frames = on_frames  # sees every mel frame batch (e.g. a live spectrogram)
         self.counters = StreamCounters()
         self.first_t: float | None = None  # Unix time of the stream's very first sample
         self.last_t_end: float | None = None
+        self.ended = False  # every window of the stream has been delivered
+        self.error: str | None = None  # why the stream stopped early, if it did
         self._segment_origin: float | None = None  # Unix time of the current segment's frame 0
         self._drops_warned_at = 0.0
         self._drops_since_warning = 0
         self._lock = threading.Lock()
+
+    @property
+    def nonfinite_samples(self) -> int:
+        """NaN/Inf samples seen so far, over all segments."""
+        return self.counters.nonfinite_samples + self.frontend.nonfinite_samples
+
+    def report(self) -> StreamReport:
+        """A snapshot of what the stream is and what it counted, for status messages."""
+        with self._lock:
+            counters = {
+                **{name: int(value) for name, value in vars(self.source.stats()).items()},
+                **{name: int(value) for name, value in vars(self.counters).items()},
+                "nonfinite_samples": self.nonfinite_samples,
+            }
+        return StreamReport(
+            stream=self.id,
+            source=self.source.describe(),
+            counters=counters,
+            t_first=self.first_t,
+            t_last_end=self.last_t_end,
+            ended=self.ended,
+            error=self.error,
+        )
 
     # --- stream thread -------------------------------------------------------------
     def feed(self, block: AudioBlock, queue: WindowQueue) -> None:
@@ -167,7 +248,9 @@ class StreamState:
             self.end_segment(queue, block.t_ingest)
         if self._segment_origin is None:
             self._start_segment(block.t_start)
+        first_frame = self.frontend.frames_emitted
         frames = self.frontend.push(block.samples)
+        self._frames_out(frames, first_frame)
         for purposes, windower in self.windowers.items():
             for window in windower.push(frames):
                 self._enqueue(window, purposes, queue, block.t_ingest)
@@ -176,13 +259,21 @@ class StreamState:
         """Flush the frontend and windower: the tail of the audio becomes a last window."""
         if self._segment_origin is None:
             return
+        first_frame = self.frontend.frames_emitted
         frames = self.frontend.flush()
+        self._frames_out(frames, first_frame)
         for purposes, windower in self.windowers.items():
             for window in windower.push(frames) + windower.flush():
                 self._enqueue(window, purposes, queue, t_ingest)
-        self.counters.nonfinite_samples += self.frontend.nonfinite_samples  # reset zeroes it
-        self.frontend.reset()
+        with self._lock:
+            self.counters.nonfinite_samples += self.frontend.nonfinite_samples  # reset zeroes
+            self.frontend.reset()
         self._segment_origin = None
+
+    def _frames_out(self, frames: np.ndarray, first_frame: int) -> None:
+        if self.on_frames is not None and frames.shape[1]:
+            assert self._segment_origin is not None
+            self.on_frames(self.id, frames, self._segment_origin + first_frame / FRAMES_PER_SECOND)
 
     def _start_segment(self, t_start: float) -> None:
         self._segment_origin = t_start
@@ -196,24 +287,31 @@ class StreamState:
         item = _Pending(self, window, self._segment_origin, t_ingest, purposes)
         queue.put(item, block=self.block_when_full)
 
-    def record_drop(self) -> None:
-        """Count a window dropped by backpressure; warn at most every 5 s, with the rate."""
+    def record_drop(self, purposes: frozenset[str]) -> None:
+        """Count a window dropped by backpressure in its series' counter; warn at most every
+        few seconds, with the rate."""
         with self._lock:
-            self.counters.windows_dropped += 1
+            if TAGS in purposes:
+                self.counters.windows_dropped += 1
+            else:
+                self.counters.event_windows_dropped += 1
             self._drops_since_warning += 1
             now = time.monotonic()
-            if now - self._drops_warned_at >= 5.0:
-                elapsed = now - self._drops_warned_at if self._drops_warned_at else 1.0
-                log.warning(
-                    "stream %s: inference is falling behind; dropped %d windows "
-                    "(%.1f/s, %d in total). Use a smaller model, a longer hop or fewer streams",
-                    self.id,
-                    self._drops_since_warning,
-                    self._drops_since_warning / max(elapsed, 1e-3),
-                    self.counters.windows_dropped,
-                )
-                self._drops_warned_at = now
-                self._drops_since_warning = 0
+            if now - self._drops_warned_at < DROP_WARNING_INTERVAL_S:
+                return
+            elapsed = now - self._drops_warned_at if self._drops_warned_at else 1.0
+            log.warning(
+                "stream %s: inference is falling behind; dropped %d windows (%.1f/s; %d tag "
+                "and %d event windows in total). Use a smaller model, a longer hop or fewer "
+                "streams",
+                self.id,
+                self._drops_since_warning,
+                self._drops_since_warning / max(elapsed, 1e-3),
+                self.counters.windows_dropped,
+                self.counters.event_windows_dropped,
+            )
+            self._drops_warned_at = now
+            self._drops_since_warning = 0
 
 
 InferFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -230,10 +328,10 @@ class Pipeline:
         *,
         window_s: float,
         hop_s: float,
-        max_pending_windows: int = 64,
+        max_pending_windows: int = 32,
         max_batch: int = 32,
-        fast: Callable[[Source], bool] = lambda source: False,
         events_window: tuple[float, float] | None = None,
+        on_frames: Callable[[str, np.ndarray, float], None] | None = None,
     ) -> None:
         ids = [source.id for source in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -242,19 +340,26 @@ class Pipeline:
                 f"stream ids must be unique, got {duplicates} more than once; "
                 "name them with --source ID=SPEC"
             )
-        series = window_series(window_s, hop_s, events_window)
-        self.streams = [StreamState(s, series, block_when_full=fast(s)) for s in sources]
+        self.series = window_series(window_s, hop_s, events_window)
+        self.streams = [StreamState(s, self.series, on_frames) for s in sources]
         self.infer = infer
         self.handlers = list(handlers)
         self.max_batch = max_batch
         self.queue = WindowQueue(max_pending_windows)
         self.batches = BatchCounters()
         self._stop = threading.Event()
-        self._streams_done = 0
-        self._done_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._inference_thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.errors: list[tuple[str, BaseException]] = []  # (where, error), in order
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first error of any thread, or None."""
+        return self.errors[0][1] if self.errors else None
+
+    def reports(self) -> list[StreamReport]:
+        """Every stream's current report (what status messages publish)."""
+        return [state.report() for state in self.streams]
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -293,17 +398,29 @@ class Pipeline:
                 return False
         return True
 
-    def run(self) -> None:
-        """Start, wait until every source ended (or :meth:`stop`), and re-raise thread errors."""
+    def run(self, shutdown_timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Start, wait until every source ended (or :meth:`stop`), and re-raise thread errors.
+
+        Raises :class:`SoundwatchError` when the threads do not finish within
+        ``shutdown_timeout`` seconds of the stop (naming them), or the first thread error.
+        """
         self.start()
         try:
-            while not self.wait(timeout=0.2):
+            while not self.wait(timeout=0.2) and not self._stop.is_set():
                 pass
         finally:
             self.stop()
-            self.wait(timeout=5.0)
-        if self.error is not None:
-            raise self.error
+            if not self.wait(timeout=shutdown_timeout):
+                alive = [t.name for t in [*self._threads, self._inference_thread] if t.is_alive()]
+                raise SoundwatchError(
+                    f"the pipeline did not stop within {shutdown_timeout:g} s; still running: "
+                    f"{', '.join(alive)} (a device or the model may be hung)"
+                )
+        if self.errors:
+            where, error = self.errors[0]
+            if isinstance(error, SoundwatchError):
+                raise error
+            raise SoundwatchError(f"{where} failed: {type(error).__name__}: {error}") from error
 
     # --- threads -------------------------------------------------------------------
     def _run_stream(self, state: StreamState) -> None:
@@ -314,49 +431,43 @@ class Pipeline:
                     state.feed(block, self.queue)
                 elif state.source.ended:
                     break
-        except BaseException as error:  # surfaced by run(); the other streams go on
-            log.error("stream %s failed: %s", state.id, error)
-            self.error = self.error or error
+        except BaseException as error:  # the other streams go on; run() raises it at the end
+            log.exception("stream %s failed; the other streams go on", state.id)
+            state.error = f"{type(error).__name__}: {error}"
+            self.errors.append((f"stream {state.id}", error))
         finally:
             state.source.stop()
             try:
                 state.end_segment(self.queue, time.monotonic())
             finally:
-                with self._done_lock:
-                    self._streams_done += 1
-
-    def _all_streams_done(self) -> bool:
-        with self._done_lock:
-            return self._streams_done == len(self.streams)
+                self.queue.put_end(_StreamEnd(state))
 
     def _run_inference(self) -> None:
+        ended = 0
         try:
-            while True:
-                streams_done = self._all_streams_done()  # read before taking: no lost tail
+            while ended < len(self.streams):
                 batch = self.queue.take(self.max_batch, timeout=0.05)
                 if batch:
-                    self._process(batch)
-                elif streams_done:
-                    break
+                    ended += self._process(batch)
                 for handler in self.handlers:
                     handler.on_tick()
-            for state in self.streams:
-                for handler in self.handlers:
-                    handler.on_stream_end(state.id)
         except BaseException as error:
-            log.error("inference failed: %s", error)
-            self.error = self.error or error
+            log.exception("inference failed; stopping every stream")
+            self.errors.append(("inference", error))
             self._stop.set()
         finally:
             self.queue.close()
 
-    def _process(self, batch: list[_Pending]) -> None:
+    def _process(self, batch: list[_Item]) -> int:
+        """Run the batch's windows and deliver results and stream ends in queue order;
+        return how many streams ended."""
         # Windows of one length form one forward pass (final windows may be shorter, and
         # event windows may differ); results are then delivered in queue order, so each
         # stream's windows reach the handlers in time order.
         by_length: dict[int, list[int]] = {}
         for index, item in enumerate(batch):
-            by_length.setdefault(item.window.mel.shape[1], []).append(index)
+            if isinstance(item, _Pending):
+                by_length.setdefault(item.window.mel.shape[1], []).append(index)
         outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for indices in by_length.values():
             items = [batch[i] for i in indices]
@@ -366,8 +477,16 @@ class Pipeline:
             self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
             for i, p, e in zip(indices, probs, embeddings, strict=True):
                 outputs[i] = (p, e)
+        ended = 0
         for index, item in enumerate(batch):
-            self._deliver(item, *outputs[index])
+            if isinstance(item, _Pending):
+                self._deliver(item, *outputs[index])
+            else:
+                item.state.ended = True
+                for handler in self.handlers:
+                    handler.on_stream_end(item.state.id)
+                ended += 1
+        return ended
 
     def _deliver(self, item: _Pending, probs: np.ndarray, embedding: np.ndarray) -> None:
         state, window = item.state, item.window
@@ -387,16 +506,17 @@ class Pipeline:
             final=window.final,
             purposes=item.purposes,
         )
+        if TAGS in item.purposes:
+            with state._lock:
+                state.counters.windows_tagged += 1
+                state.last_t_end = t_end
         for handler in self.handlers:
             handler.on_result(result)
-        if TAGS in item.purposes:
-            state.counters.windows_tagged += 1
-            state.last_t_end = t_end
 
 
 @dataclass
 class Collector:
-    """A result handler that keeps every result in memory (offline tagging, tests)."""
+    """A result handler that keeps every result in memory (offline tagging)."""
 
     results: list[WindowResult] = field(default_factory=list)
 

@@ -7,7 +7,7 @@ pipeline that produces it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,11 +32,25 @@ class WindowResult:
     purposes: frozenset[str] = frozenset({TAGS})  # which window series it belongs to
 
 
+@dataclass(frozen=True)
+class StreamReport:
+    """A snapshot of one stream for status messages: what it reads and what it counted."""
+
+    stream: str
+    source: dict[str, Any]  # Source.describe(): kind, device or path, rates
+    counters: dict[str, int]  # the source's and the pipeline's cumulative counters
+    t_first: float | None  # Unix time of the stream's first sample (None before any)
+    t_last_end: float | None  # end of the last tagged window
+    ended: bool  # every window of the stream has been delivered
+    error: str | None  # why the stream stopped early, if it did
+
+
 class ResultHandler(Protocol):
     """Receives results on the inference thread; may publish."""
 
     def on_result(self, result: WindowResult) -> None: ...
 
-    def on_stream_end(self, stream: str) -> None: ...
+    def on_stream_end(self, stream: str) -> None:
+        """Every window of ``stream`` has been delivered; nothing more will come."""
 
     def on_tick(self) -> None: ...

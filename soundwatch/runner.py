@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from soundwatch.attached import AttachedSubscribers
 from soundwatch.config import Config
 from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.dsp.windows import seconds_to_frames
@@ -29,7 +30,8 @@ from soundwatch.models import (
     resolve_bundle_file,
 )
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
-from soundwatch.sinks.live import LivePublisher
+from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
+from soundwatch.sinks.mel import MelTap
 from soundwatch.sinks.messages import Event
 from soundwatch.sinks.publisher import JsonLinesOutput, Output, Publisher, ZmqOutput
 from soundwatch.stream import (
@@ -142,11 +144,6 @@ def open_sources(config: Config) -> list[Source]:
     return opened
 
 
-def is_fast(source: Source, config: Config) -> bool:
-    """Fast-paced files wait for inference instead of dropping windows."""
-    return config.pipeline.pace == "fast" and source.describe().get("kind") == "file"
-
-
 def build_outputs(config: Config) -> list[Output]:
     outputs: list[Output] = []
     try:
@@ -164,12 +161,14 @@ def build_outputs(config: Config) -> list[Output]:
 def run_live(
     config: Config,
     tagger: Tagger | None = None,
-    on_ready: Callable[[Pipeline, list[str]], None] | None = None,
+    on_ready: Callable[[Pipeline, list[str], list[str]], None] | None = None,
     install_signal_handlers: bool = True,
 ) -> Pipeline:
     """Run the live pipeline until SIGINT/SIGTERM or until every source has ended.
 
-    Returns the finished pipeline (its streams hold the final counters).
+    ``on_ready(pipeline, endpoints, notes)`` is called once everything listens: the bound
+    endpoints, and a line per attached subscriber (dashboard URL, MQTT broker). Returns
+    the finished pipeline (its streams hold the final counters).
     """
     tagger = tagger or Tagger.from_config(config)
     warmup_frontend()
@@ -177,8 +176,15 @@ def run_live(
     if config.events.enabled and config.events.window != config.windows.window:
         tagger.worker.warmup(seconds_to_frames(config.events.window))
     outputs = build_outputs(config)
+    attached = AttachedSubscribers(config)
     publisher = Publisher(outputs)
+    mel_tap = MelTap()
     try:
+        if attached.wanted:
+            outputs.append(attached.bind())
+            notes = attached.start()
+        else:
+            notes = []
         sources = open_sources(config)
         pipeline = Pipeline(
             sources,
@@ -188,34 +194,58 @@ def run_live(
             hop_s=config.windows.hop,
             max_pending_windows=config.pipeline.max_pending_windows,
             max_batch=config.pipeline.max_batch,
-            fast=lambda source: is_fast(source, config),
             events_window=events_window(config.events),
+            on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,
         )
         events = tagger.events_handler(config.events, publisher.publish)
         if events is not None:
             pipeline.handlers.append(events)  # first: its last events precede the final status
         live = LivePublisher(
             publisher,
-            pipeline.streams,
-            model_name=tagger.loaded.name,
-            labels=tagger.labels,
-            window_s=config.windows.window,
-            hop_s=config.windows.hop,
-            top_k=config.publish.top_k,
-            status_interval=config.publish.status_interval,
+            live_settings(config, tagger, events),
+            pipeline.reports,
             extra_counters=events.counters if events is not None else None,
+            mel_tap=mel_tap,
         )
         pipeline.handlers.append(live)
-        zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput)]
+        zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):
             if on_ready is not None:
-                on_ready(pipeline, endpoints)
+                on_ready(pipeline, endpoints, notes)
             _wait_for_subscribers(zmq_outputs, config)
             pipeline.run()
     finally:
-        publisher.close()
+        try:
+            attached.close()
+        finally:
+            publisher.close()
     return pipeline
+
+
+def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) -> LiveSettings:
+    """What the live publisher says and how it smooths, from the config and the model."""
+    groups = None
+    if events is not None:
+        settings = events.settings
+        groups = GroupTable(
+            names=settings.labels,
+            members=settings.members,
+            thresholds=[float(t) for t in settings.thresholds.on],
+        )
+    return LiveSettings(
+        model_name=tagger.loaded.name,
+        labels=tagger.labels,
+        window_s=config.windows.window,
+        hop_s=config.windows.hop,
+        events_window=events_window(config.events),
+        top_k=config.publish.top_k,
+        status_interval=config.publish.status_interval,
+        smoothing=config.publish.smoothing.method,
+        smoothing_width=config.publish.smoothing.width,
+        mel=config.publish.mel,
+        groups=groups,
+    )
 
 
 def _wait_for_subscribers(outputs: list[ZmqOutput], config: Config) -> None:
@@ -289,7 +319,6 @@ def tag_file(
         handlers,
         window_s=window_s,
         hop_s=hop_s,
-        fast=lambda _: True,
         events_window=events_window(events) if events is not None else None,
     )
     pipeline.run()

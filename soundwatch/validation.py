@@ -53,9 +53,7 @@ def format_validation_error(
     return "\n".join(lines)
 
 
-def parse_section(
-    model: type[M], data: Any, origin: str, prefix: tuple[str, ...] = ()
-) -> M:
+def parse_section(model: type[M], data: Any, origin: str, prefix: tuple[str, ...] = ()) -> M:
     """Validate ``data`` as ``model``; errors name keys under ``prefix`` (``events.``)."""
     try:
         return model.model_validate({} if data is None else data)

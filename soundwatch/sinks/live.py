@@ -1,8 +1,11 @@
-"""Turn window results into published ``tags`` and periodic ``status`` messages.
+"""Turn window results into published ``tags``, ``mel`` and periodic ``status`` messages.
 
-Runs on the pipeline's inference thread. It measures capture-to-publish latency (from the
-last audio of a window entering its source to the window's message leaving the socket)
-and reports percentiles, counters and the model's labels in ``status`` every few seconds.
+Runs on the pipeline's inference thread. Per stream it smooths the tag probabilities
+across windows (:class:`~soundwatch.sinks.smoothing.TagSmoother`) and scores the event
+groups on the smoothed values; it measures capture-to-publish latency (from the last audio
+of a window entering its source to the window's message leaving the socket) and reports
+percentiles, counters and the model's labels in ``status`` every few seconds and once
+when a stream ends.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from soundwatch.pipeline import TAGS, StreamState, WindowResult
+from soundwatch.results import TAGS, StreamReport, WindowResult
+from soundwatch.sinks.mel import MEL_INTERVAL_S, MelTap
 from soundwatch.sinks.messages import Status, Tags
 from soundwatch.sinks.publisher import Publisher
+from soundwatch.sinks.smoothing import TagSmoother
 
 LATENCY_HISTORY = 2048  # windows kept per stream for latency percentiles
 
@@ -32,89 +38,148 @@ def labels_digest(labels: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(labels).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class GroupTable:
+    """The event groups as tags and status carry them: names, member classes (a
+    ``[G, M]`` index table, rows padded by repetition) and each group's ``threshold_on``."""
+
+    names: list[str]
+    members: np.ndarray
+    thresholds: list[float]
+
+    def scores(self, probs: np.ndarray) -> dict[str, float]:
+        """Each group's score: the highest probability among its classes."""
+        values = probs[self.members].max(axis=-1)
+        return dict(zip(self.names, values.tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the live publisher says about the run, and how it smooths."""
+
+    model_name: str
+    labels: list[str]
+    window_s: float
+    hop_s: float
+    events_window: tuple[float, float] | None = None
+    top_k: int = 5
+    status_interval: float = 5.0
+    smoothing: str = "ema"
+    smoothing_width: float = 1.0
+    mel: str = "auto"  # auto (while a subscriber asks for mel.) | on | off
+    groups: GroupTable | None = None
+    labels_sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels_sha256", labels_digest(self.labels))
+
+
 class LivePublisher:
-    """A pipeline result handler that publishes ``tags`` and ``status`` messages."""
+    """A pipeline result handler that publishes ``tags``, ``mel`` and ``status`` messages.
+
+    ``reports`` gives every stream's current :class:`~soundwatch.results.StreamReport`;
+    ``extra_counters(stream)`` adds counters of other stages (the event detectors').
+    """
 
     def __init__(
         self,
         publisher: Publisher,
-        streams: Sequence[StreamState],
-        *,
-        model_name: str,
-        labels: Sequence[str],
-        window_s: float,
-        hop_s: float,
-        top_k: int = 5,
-        status_interval: float = 5.0,
+        settings: LiveSettings,
+        reports: Callable[[], Sequence[StreamReport]],
         extra_counters: Callable[[str], dict[str, int]] | None = None,
+        mel_tap: MelTap | None = None,
     ) -> None:
         self.publisher = publisher
-        self.streams = {state.id: state for state in streams}
-        self.model_name = model_name
-        self.labels = list(labels)
-        self.labels_sha256 = labels_digest(self.labels)
-        self.window_s = window_s
-        self.hop_s = hop_s
-        self.top_k = top_k
-        self.status_interval = status_interval
-        self.extra_counters = extra_counters  # e.g. the event detectors' counters
-        self.latencies = {stream: deque(maxlen=LATENCY_HISTORY) for stream in self.streams}
+        self.settings = settings
+        self.reports = reports
+        self.extra_counters = extra_counters
+        self.mel_tap = mel_tap
+        self.latencies: dict[str, deque[float]] = {}
+        self.smoothers: dict[str, TagSmoother] = {}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
+        self._next_mel = time.monotonic()
 
     def on_result(self, result: WindowResult) -> None:
         if TAGS not in result.purposes:
             return
+        s = self.settings
+        smoother = self.smoothers.get(result.stream)
+        if smoother is None:
+            smoother = TagSmoother(s.smoothing, s.smoothing_width, s.hop_s)
+            self.smoothers[result.stream] = smoother
+        probs = result.probs.astype(np.float32, copy=False)
+        smoothed = smoother.push(probs)
+        if result.final:  # the stream's audio restarts after this window
+            smoother.reset()
         self.publisher.publish(
             Tags(
                 stream=result.stream,
                 t_start=result.t_start,
                 t_end=result.t_end,
-                probs=result.probs.astype(np.float32, copy=False),
-                top=top_labels(result.probs, self.labels, self.top_k),
+                probs=probs,
+                top=top_labels(smoothed, s.labels, s.top_k),
+                smoothed=smoothed,
+                groups=s.groups.scores(smoothed) if s.groups is not None else {},
             )
         )
-        self.latencies[result.stream].append(time.monotonic() - result.t_ingest)
+        latencies = self.latencies.setdefault(result.stream, deque(maxlen=LATENCY_HISTORY))
+        latencies.append(time.monotonic() - result.t_ingest)
 
     def on_tick(self) -> None:
-        if time.monotonic() >= self._next_status:
+        now = time.monotonic()
+        if self.mel_tap is not None and now >= self._next_mel:
+            self._next_mel = now + MEL_INTERVAL_S
+            mode = self.settings.mel
+            self.mel_tap.active = mode == "on" or (mode == "auto" and self.publisher.wants("mel"))
+            for message in self.mel_tap.messages():
+                self.publisher.publish(message)
+        if now >= self._next_status:
             self.publish_status()
 
     def on_stream_end(self, stream: str) -> None:
+        if self.mel_tap is not None:
+            for message in self.mel_tap.messages():
+                self.publisher.publish(message)
         self.publish_status(only=stream)
 
     def publish_status(self, only: str | None = None) -> None:
         """Publish one status message per stream (or for ``only``)."""
-        self._next_status = time.monotonic() + self.status_interval
-        for stream, state in self.streams.items():
-            if only is not None and stream != only:
-                continue
-            self.publisher.publish(self.status_of(state))
+        if only is None:
+            self._next_status = time.monotonic() + self.settings.status_interval
+        for report in self.reports():
+            if only is None or report.stream == only:
+                self.publisher.publish(self.status_of(report))
 
-    def status_of(self, state: StreamState) -> Status:
-        source_stats = state.source.stats()
-        counters = {
-            **{name: int(value) for name, value in vars(source_stats).items()},
-            **{name: int(value) for name, value in vars(state.counters).items()},
-            "nonfinite_samples": state.nonfinite_samples,
-            **(self.extra_counters(state.id) if self.extra_counters else {}),
-        }
-        t_first = state.first_t if state.first_t is not None else time.time()
+    def status_of(self, report: StreamReport) -> Status:
+        s = self.settings
+        counters = dict(report.counters)
+        if self.extra_counters is not None:
+            counters.update(self.extra_counters(report.stream))
+        if self.mel_tap is not None:
+            counters["mel_dropped_frames"] = self.mel_tap.dropped_frames.get(report.stream, 0)
+        t_first = report.t_first if report.t_first is not None else time.time()
+        events_window, events_hop = s.events_window or (0.0, 0.0)
         return Status(
-            stream=state.id,
+            stream=report.stream,
             t_start=t_first,
-            t_end=state.last_t_end if state.last_t_end is not None else t_first,
-            model=self.model_name,
-            labels=self.labels,
-            labels_sha256=self.labels_sha256,
-            window=self.window_s,
-            hop=self.hop_s,
-            source=state.source.describe(),
+            t_end=report.t_last_end if report.t_last_end is not None else t_first,
+            model=s.model_name,
+            labels=s.labels,
+            labels_sha256=s.labels_sha256,
+            window=s.window_s,
+            hop=s.hop_s,
+            source=report.source,
             counters=counters,
-            latency=latency_percentiles(self.latencies[state.id]),
+            latency=latency_percentiles(self.latencies.get(report.stream, ())),
+            groups=dict(zip(s.groups.names, s.groups.thresholds, strict=True)) if s.groups else {},
+            events_window=events_window,
+            events_hop=events_hop,
+            ended=report.ended,
+            error=report.error or "",
         )
 
 
-def latency_percentiles(values: deque[float]) -> dict[str, float]:
+def latency_percentiles(values: Sequence[float] | deque[float]) -> dict[str, float]:
     """p50, p99 and max (seconds) and the count of recent latencies."""
     if not values:
         return {}

@@ -88,6 +88,7 @@ class Status(Envelope):
     events_window: float = 0.0  # the event detector's window series (0: events off)
     events_hop: float = 0.0
     ended: bool = False  # the stream has ended: this is its last status
+    error: str = ""  # why the stream stopped early ("" when it did not)
 
 
 @dataclass
@@ -125,13 +126,11 @@ class Mel(Envelope):
     hi: float = 1.0
 
 
-MESSAGE_TYPES: dict[str, type[Envelope]] = {
-    cls.kind: cls for cls in (Tags, Status, Event, Mel)
-}
+MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Status, Event, Mel)}
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
     "tags": frozenset({"smoothed", "groups"}),
-    "status": frozenset({"groups", "events_window", "events_hop", "ended"}),
+    "status": frozenset({"groups", "events_window", "events_hop", "ended", "error"}),
     "events": frozenset(),
     "mel": frozenset(),
 }
@@ -248,6 +247,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "events_window": _NUMBER,
     "events_hop": _NUMBER,
     "ended": (bool,),
+    "error": (str,),
     "bins": (int,),
     "frame_rate": _NUMBER,
     "lo": _NUMBER,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -27,6 +27,10 @@ class Output(Protocol):
 
     def send(self, message: Envelope, topic: bytes, payload: bytes) -> None: ...
 
+    def wants(self, prefix: bytes) -> bool:
+        """Whether a reader asked for topics starting with ``prefix`` explicitly."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -34,8 +38,9 @@ class ZmqOutput:
     """A ZeroMQ publisher socket bound to one or more endpoints.
 
     It is an XPUB socket: it behaves as PUB for subscribers and also tells us when they
-    subscribe, so a run can wait for its consumers before the first message
-    (:meth:`wait_for_subscribers`) instead of publishing into the void.
+    subscribe and unsubscribe, so a run can wait for its consumers before the first message
+    (:meth:`wait_for_subscribers`) instead of publishing into the void, and publish costly
+    optional topics (``mel.``) only while somebody asked for them (:meth:`wants`).
     """
 
     def __init__(
@@ -47,8 +52,10 @@ class ZmqOutput:
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.XPUB)
         self.subscriptions = 0
+        self.topics: Counter[bytes] = Counter()  # live subscriptions per topic prefix
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
-        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not new topics
+        # Report every subscription and unsubscription, not only the first and last per topic.
+        self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
         self.socket.setsockopt(zmq.LINGER, 500)  # ms to flush the last messages on close
         self.endpoints: list[str] = []
         for endpoint in endpoints:
@@ -87,8 +94,16 @@ class ZmqOutput:
                 return
             if frame[:1] == b"\x01":
                 self.subscriptions += 1
+                self.topics[frame[1:]] += 1
             elif frame[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
+                self.topics[frame[1:]] -= 1
+                if self.topics[frame[1:]] <= 0:
+                    del self.topics[frame[1:]]
+
+    def wants(self, prefix: bytes) -> bool:
+        self._read_subscriptions()
+        return any(topic.startswith(prefix) for topic in self.topics)
 
     def send(self, message: Envelope, topic: bytes, payload: bytes) -> None:
         # Publisher sockets drop (never block) when a subscriber's queue is full.
@@ -124,9 +139,15 @@ class JsonLinesOutput:
                 "the JSON-lines output was closed by its reader (broken pipe); stopping"
             ) from None
 
+    def wants(self, prefix: bytes) -> bool:
+        return False  # a file takes everything published, and asks for nothing more
+
     def close(self) -> None:
         if self._owns:
-            self._file.close()
+            try:
+                self._file.close()
+            except BrokenPipeError:  # the reader went away; send() already reported it
+                pass
 
 
 def to_json(message: Envelope) -> dict:
@@ -164,6 +185,10 @@ class Publisher:
         topic_bytes, payload = encode(message)
         for output in self.outputs:
             output.send(message, topic_bytes, payload)
+
+    def wants(self, prefix: str) -> bool:
+        """Whether any output's readers asked for topics starting with ``prefix``."""
+        return any(output.wants(prefix.encode()) for output in self.outputs)
 
     def close(self) -> None:
         for output in self.outputs:

@@ -24,6 +24,37 @@ from soundwatch.stream.spec import (
 )
 from soundwatch.stream.synthetic import SyntheticSource
 
+#: Allowed ranges of the integer options a SPEC may carry (``mic:USB?rate=48000``).
+OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "channels": (1, 64),
+    "rate": (8000, 384000),
+    "blocksize": (16, 65536),
+    "seed": (0, 2**32 - 1),
+}
+
+
+def check_source_spec(spec: str) -> SourceSpec:
+    """Parse and validate a SPEC completely, options included, without opening anything
+    (``config check`` and the config loader use it); a clear error when it is invalid."""
+    parsed = parse_source_spec(spec)
+    for name, (low, high) in OPTION_RANGES.items():
+        value = parsed.int_option(name)
+        if value is not None and not low <= value <= high:
+            raise SoundwatchError(
+                f"option {name}={value} of source {spec!r} is out of range ({low} to {high})"
+            )
+    if parsed.kind == "pcm":
+        _pcm_format(parsed)
+    return parsed
+
+
+def _pcm_format(parsed: SourceSpec) -> PcmFormat:
+    return PcmFormat(
+        rate=parsed.int_option("rate") or PcmFormat.rate,
+        channels=parsed.int_option("channels") or PcmFormat.channels,
+        format=parsed.options.get("format", PcmFormat.format),
+    )
+
 
 def open_source(
     stream_id: str,
@@ -43,7 +74,7 @@ def open_source(
     (``mic:USB?channels=2&rate=48000&blocksize=960``) take precedence; ``ring_seconds`` is
     the capacity of the capture ring of microphones and PCM streams.
     """
-    parsed = parse_source_spec(spec)
+    parsed = check_source_spec(spec)
     if parsed.kind == "mic":
         from soundwatch.stream.microphone import MicrophoneSource
 
@@ -61,13 +92,8 @@ def open_source(
         return FileSource(stream_id, parsed.target, pace=pace, loop=loop)
     if parsed.kind == "pcm":
         assert parsed.target is not None
-        pcm_format = PcmFormat(
-            rate=parsed.int_option("rate") or PcmFormat.rate,
-            channels=parsed.int_option("channels") or PcmFormat.channels,
-            format=parsed.options.get("format", PcmFormat.format),
-        )
         path = None if parsed.target == "-" else parsed.target
-        return PcmSource(stream_id, pcm_format, path=path, ring_seconds=ring_seconds)
+        return PcmSource(stream_id, _pcm_format(parsed), path=path, ring_seconds=ring_seconds)
     if parsed.kind == "synthetic":
         return SyntheticSource(stream_id, seed=parsed.int_option("seed") or 0, pace=pace)
     raise SoundwatchError(f"unknown source {spec!r}; {VALID_FORMS}")  # pragma: no cover
@@ -87,6 +113,7 @@ __all__ = [
     "SourceStats",
     "StreamingResampler",
     "SyntheticSource",
+    "check_source_spec",
     "downmix",
     "find_input_device",
     "list_input_devices",

@@ -1,0 +1,293 @@
+"""Flow control and failures of the pipeline, without a model: per-stream backpressure,
+sources that wait versus live ones, stream ends reported as they happen, errors in
+streams, inference and handlers, and shutdown that cannot hang silently."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from soundwatch.dsp.windows import MelWindow
+from soundwatch.errors import SoundwatchError
+from soundwatch.pipeline import Collector, Pipeline, StreamState, WindowQueue, _Pending, _StreamEnd
+from soundwatch.results import EVENTS, TAGS, WindowResult
+from soundwatch.stream import AudioBlock, Source, SourceStats
+
+BLOCK = 3200  # 0.1 s at 32 kHz
+
+
+class ScriptedSource(Source):
+    """``blocks`` blocks of noise delivered as fast as they are read; it can be told to
+    wait instead of dropping, to fail after some blocks, or to hang in ``read``."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        blocks: int,
+        *,
+        waits: bool = False,
+        fail_after: int | None = None,
+        hang: threading.Event | None = None,
+        fail_start: bool = False,
+    ) -> None:
+        self.id = stream_id
+        self.native_rate = 32000
+        self.channels = 1
+        self.blocks = blocks
+        self.waits = waits
+        self.fail_after = fail_after
+        self.hang = hang
+        self.fail_start = fail_start
+        self.sent = 0
+        self.started = False
+        self.stopped = False
+        self._rng = np.random.default_rng(len(stream_id))
+
+    @property
+    def waits_when_behind(self) -> bool:
+        return self.waits
+
+    def start(self) -> None:
+        if self.fail_start:
+            raise SoundwatchError(f"cannot open {self.id}")
+        self.started = True
+
+    def read(self, timeout: float) -> AudioBlock | None:
+        if self.hang is not None:
+            self.hang.wait()  # a device that never answers
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise OSError(f"{self.id}: device unplugged")
+        if self.sent >= self.blocks:
+            return None
+        samples = (0.1 * self._rng.standard_normal(BLOCK)).astype(np.float32)
+        block = AudioBlock(samples, 1000.0 + self.sent * 0.1, time.monotonic())
+        self.sent += 1
+        return block
+
+    @property
+    def ended(self) -> bool:
+        return self.sent >= self.blocks
+
+    def stats(self) -> SourceStats:
+        return SourceStats(samples_in=self.sent * BLOCK)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "scripted"}
+
+
+def zeros_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((len(mels), 527), np.float32), np.zeros((len(mels), 8), np.float32)
+
+
+class Gate:
+    """An inference function that blocks until opened: inference 'falls behind'."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.calls = 0
+
+    def __call__(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        self.opened.wait()
+        return zeros_infer(mels)
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def pending(state: StreamState, start: int, purposes=frozenset({TAGS})) -> _Pending:
+    mel = np.zeros((128, 10), np.float32)
+    return _Pending(state, MelWindow(start, start + 10, mel), 0.0, 0.0, purposes)
+
+
+# --- the queue -------------------------------------------------------------------------------
+def test_queue_drops_only_the_full_streams_own_oldest_windows() -> None:
+    live = StreamState(ScriptedSource("live", 0), {frozenset({TAGS}): (0.1, 0.1)})
+    other = StreamState(ScriptedSource("other", 0), {frozenset({TAGS}): (0.1, 0.1)})
+    queue = WindowQueue(per_stream=3)
+    queue.put(pending(other, 0), block=False)
+    for start in range(0, 60, 10):  # a burst of six windows from one live stream
+        queue.put(pending(live, start), block=False)
+    taken = queue.take(100, timeout=0)
+    assert [(i.state.id, i.window.start) for i in taken] == [
+        ("other", 0),
+        ("live", 30),
+        ("live", 40),
+        ("live", 50),
+    ]
+    assert live.counters.windows_dropped == 3
+    assert other.counters.windows_dropped == 0
+
+
+def test_queue_counts_event_window_drops_apart_from_tag_drops() -> None:
+    state = StreamState(ScriptedSource("s", 0), {frozenset({TAGS}): (0.1, 0.1)})
+    queue = WindowQueue(per_stream=1)
+    queue.put(pending(state, 0, frozenset({TAGS})), block=False)
+    queue.put(pending(state, 10, frozenset({EVENTS})), block=False)  # drops the tag window
+    queue.put(pending(state, 20, frozenset({TAGS, EVENTS})), block=False)  # drops the event one
+    queue.put(pending(state, 30, frozenset({TAGS, EVENTS})), block=False)  # drops a shared one
+    assert state.counters.windows_dropped == 2
+    assert state.counters.event_windows_dropped == 1
+
+
+def test_a_waiting_stream_blocks_instead_of_dropping_and_end_markers_never_wait() -> None:
+    state = StreamState(ScriptedSource("file", 0, waits=True), {frozenset({TAGS}): (0.1, 0.1)})
+    queue = WindowQueue(per_stream=2)
+    queue.put(pending(state, 0), block=True)
+    queue.put(pending(state, 10), block=True)
+    third = threading.Thread(target=queue.put, args=(pending(state, 20), True))
+    third.start()
+    third.join(0.3)
+    assert third.is_alive()  # held: no room for this stream
+    queue.put_end(_StreamEnd(state))  # never waits
+    assert [i.window.start for i in queue.take(1, timeout=0)] == [0]
+    third.join(30)
+    assert not third.is_alive()
+    rest = queue.take(10, timeout=0)
+    assert [getattr(i, "window", None) and i.window.start for i in rest[:1]] == [10]
+    assert isinstance(rest[1], _StreamEnd) and rest[2].window.start == 20  # arrival order
+    assert state.counters.windows_dropped == 0
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+def test_live_stream_drops_while_a_waiting_stream_beside_it_loses_nothing() -> None:
+    """Inference stalls: the live stream drops its own oldest windows (counted), the
+    waiting stream (a fast file, a pipe) is held and every one of its windows is tagged."""
+    gate = Gate()
+    live = ScriptedSource("mic", blocks=100)  # 10 s
+    fast = ScriptedSource("file", blocks=100, waits=True)
+    collector = Collector()
+    pipeline = Pipeline(
+        [live, fast], gate, [collector], window_s=1.0, hop_s=0.1, max_pending_windows=4
+    )
+    pipeline.start()
+    wait_until(lambda: live.ended)  # all live audio arrived while inference was stuck
+    gate.opened.set()
+    assert pipeline.wait(timeout=60)
+    by_stream = {"mic": 0, "file": 0}
+    for result in collector.results:
+        by_stream[result.stream] += 1
+    windows_per_stream = 91  # 1 s windows every 0.1 s over 10 s
+    mic, file = pipeline.streams
+    assert file.counters.windows_dropped == 0
+    assert by_stream["file"] == windows_per_stream
+    assert mic.counters.windows_dropped > 0
+    assert mic.counters.windows_dropped + by_stream["mic"] == windows_per_stream
+    mic_starts = [r.start_frame for r in collector.results if r.stream == "mic"]
+    assert mic_starts[-1] == 900  # the newest windows survive
+
+
+class EndRecorder(Collector):
+    """Records, for each stream end, which streams were still running at that moment."""
+
+    def __init__(self, pipeline_ref: list[Pipeline]) -> None:
+        super().__init__()
+        self.pipeline_ref = pipeline_ref
+        self.ends: list[tuple[str, list[str]]] = []
+
+    def on_stream_end(self, stream: str) -> None:
+        pipeline = self.pipeline_ref[0]
+        running = [s.id for s in pipeline.streams if not s.ended and s.id != stream]
+        self.ends.append((stream, running))
+
+
+def test_a_stream_end_is_reported_while_other_streams_still_run() -> None:
+    short = ScriptedSource("short", blocks=20)
+    long = ScriptedSource("long", blocks=10_000)
+    ref: list[Pipeline] = []
+    recorder = EndRecorder(ref)
+    pipeline = Pipeline([short, long], zeros_infer, [recorder], window_s=1.0, hop_s=0.5)
+    ref.append(pipeline)
+    pipeline.start()
+    wait_until(lambda: recorder.ends)
+    assert recorder.ends[0] == ("short", ["long"])
+    assert all(r.stream == "short" or r.stream == "long" for r in recorder.results)
+    short_results = [r for r in recorder.results if r.stream == "short"]
+    assert [r.start_frame for r in short_results] == [0, 50, 100]  # all before its end
+    assert pipeline.streams[0].report().ended
+    pipeline.stop()
+    assert pipeline.wait(timeout=30)
+    assert [stream for stream, _ in recorder.ends] == ["short", "long"]
+
+
+def test_a_failing_stream_is_reported_and_the_others_go_on(caplog) -> None:
+    broken = ScriptedSource("broken", blocks=100, fail_after=17)
+    healthy = ScriptedSource("healthy", blocks=50, waits=True)
+    collector = Collector()
+    pipeline = Pipeline([broken, healthy], zeros_infer, [collector], window_s=1.0, hop_s=0.5)
+    with pytest.raises(SoundwatchError, match="stream broken failed: OSError: broken: device"):
+        pipeline.run()
+    assert sum(r.stream == "healthy" for r in collector.results) == 9  # 5 s: 9 windows
+    assert any(r.stream == "broken" and r.final for r in collector.results)  # tail tagged
+    report = pipeline.streams[0].report()
+    assert report.ended and report.error == "OSError: broken: device unplugged"
+    assert broken.stopped and healthy.stopped
+    assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)
+
+
+def test_inference_failure_stops_every_stream_with_a_clear_error() -> None:
+    def broken_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("CUDA error: out of memory")
+
+    sources = [ScriptedSource("a", blocks=10_000), ScriptedSource("b", blocks=10_000, waits=True)]
+    pipeline = Pipeline(sources, broken_infer, [], window_s=1.0, hop_s=0.5)
+    with pytest.raises(SoundwatchError, match="inference failed: RuntimeError: CUDA error"):
+        pipeline.run()
+    assert all(s.stopped for s in sources)
+
+
+class BrokenHandler(Collector):
+    def on_result(self, result: WindowResult) -> None:
+        raise ValueError("subscriber bug")
+
+
+def test_handler_failure_stops_the_run_with_a_clear_error() -> None:
+    source = ScriptedSource("a", blocks=10_000)
+    pipeline = Pipeline([source], zeros_infer, [BrokenHandler()], window_s=1.0, hop_s=0.5)
+    with pytest.raises(SoundwatchError, match="inference failed: ValueError: subscriber bug"):
+        pipeline.run()
+    assert source.stopped
+
+
+def test_threads_that_do_not_stop_are_named_instead_of_hanging() -> None:
+    hang = threading.Event()
+    stuck = ScriptedSource("stuck", blocks=10, hang=hang)
+
+    class StopAtOnce(Collector):
+        def on_tick(self) -> None:
+            pipeline.stop()
+
+    pipeline = Pipeline([stuck], zeros_infer, [StopAtOnce()], window_s=1.0, hop_s=0.5)
+    try:
+        with pytest.raises(SoundwatchError, match=r"did not stop within 0.5 s.*stream-stuck"):
+            pipeline.run(shutdown_timeout=0.5)
+    finally:
+        hang.set()
+        assert pipeline.wait(timeout=30)
+
+
+def test_sources_already_started_are_stopped_when_another_cannot_start() -> None:
+    first = ScriptedSource("first", blocks=10)
+    second = ScriptedSource("second", blocks=10, fail_start=True)
+    pipeline = Pipeline([first, second], zeros_infer, [], window_s=1.0, hop_s=0.5)
+    with pytest.raises(SoundwatchError, match="cannot open second"):
+        pipeline.run()
+    assert first.started and first.stopped
+
+
+def test_duplicate_stream_ids_are_refused() -> None:
+    sources = [ScriptedSource("mic", 1), ScriptedSource("mic", 1), ScriptedSource("x", 1)]
+    with pytest.raises(SoundwatchError, match=r"unique, got \['mic'\].*--source ID=SPEC"):
+        Pipeline(sources, zeros_infer, [], window_s=1.0, hop_s=0.5)
