@@ -8,6 +8,7 @@ subscriber sees as gaps in ``seq``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -144,10 +145,9 @@ class JsonLinesOutput:
 
     def close(self) -> None:
         if self._owns:
-            try:
+            # The reader went away: send() already reported it; nothing more can be written.
+            with contextlib.suppress(BrokenPipeError):
                 self._file.close()
-            except BrokenPipeError:  # the reader went away; send() already reported it
-                pass
 
 
 def to_json(message: Envelope) -> dict:
