@@ -191,6 +191,7 @@ class StreamState:
         source: Source,
         series: dict[frozenset[str], tuple[float, float]],
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
+        on_audio: Callable[[str, AudioBlock], None] | None = None,
     ):
         self.source = source
         self.id = source.id
@@ -201,6 +202,7 @@ class StreamState:
         }
         self.block_when_full = source.waits_when_behind
         self.on_frames = on_frames  # sees every mel frame batch (e.g. a live spectrogram)
+        self.on_audio = on_audio  # sees every audio block (e.g. a recorder's audio ring)
         self.counters = StreamCounters()
         self.first_t: float | None = None  # Unix time of the stream's very first sample
         self.last_t_end: float | None = None
@@ -248,6 +250,8 @@ class StreamState:
             self.end_segment(queue, block.t_ingest)
         if self._segment_origin is None:
             self._start_segment(block.t_start)
+        if self.on_audio is not None:
+            self.on_audio(self.id, block)
         first_frame = self.frontend.frames_emitted
         frames = self.frontend.push(block.samples)
         self._frames_out(frames, first_frame)
@@ -332,7 +336,12 @@ class Pipeline:
         max_batch: int = 32,
         events_window: tuple[float, float] | None = None,
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
+        on_audio: Callable[[str, AudioBlock], None] | None = None,
     ) -> None:
+        """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
+        called on the stream threads with every batch of mel frames and every audio block
+        (32 kHz mono, capture-clock stamped): cheap taps for displays and recorders, which
+        must copy what they keep and never block."""
         ids = [source.id for source in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -341,7 +350,7 @@ class Pipeline:
                 "name them with --source ID=SPEC"
             )
         self.series = window_series(window_s, hop_s, events_window)
-        self.streams = [StreamState(s, self.series, on_frames) for s in sources]
+        self.streams = [StreamState(s, self.series, on_frames, on_audio) for s in sources]
         self.infer = infer
         self.handlers = list(handlers)
         self.max_batch = max_batch
