@@ -65,6 +65,14 @@ def packed(**fields: object) -> bytes:
     return msgpack.packb({k: v for k, v in body.items() if v is not None}, use_bin_type=True)
 
 
+# The fields of each kind besides the envelope (``packed`` drops tags' probs/top for them).
+EVENT = {"probs": None, "top": None, "event_id": 1, "label": "dog", "state": "start",
+         "onset": 0.0, "offset": 1.0, "peak": 0.5}  # fmt: skip
+STATUS = {"probs": None, "top": None, "model": "mn04", "labels": [], "labels_sha256": "",
+          "window": 3.0, "hop": 0.5, "source": {}, "counters": {}, "latency": {}}  # fmt: skip
+MEL = {"probs": None, "top": None, "frames": b"\x00" * 8, "bins": 4, "frame_rate": 100.0,
+       "lo": -1.5, "hi": 3.0}  # fmt: skip
+
 MALFORMED = [
     # (topic, payload, what the error must say)
     (b"tags.s", b"\xc1garbage", "not msgpack"),
@@ -79,6 +87,29 @@ MALFORMED = [
     (b"tags.s", packed(t_end="soon"), "field 't_end' has type str"),
     (b"tags.s", packed(seq=True), "field 'seq' has type bool"),
     (b"tags.s", packed(stream=7), "field 'stream' has type int"),
+    (b"tags.s", packed(smoothed=b"\x00" * 8), "smoothed and probs differ in length"),
+    (b"tags.s", packed(smoothed="high"), "smoothed is not float32 bytes"),
+    (b"tags.s", packed(groups={"dog": "on"}), "groups is not name -> number"),
+    (b"events.s", packed(kind="events", **{**EVENT, "state": "paused"}), "unknown state"),
+    (
+        b"events.s",
+        packed(kind="events", **{**EVENT, "offset": "later"}),
+        "field 'offset' has type str",
+    ),
+    (
+        b"status.s",
+        packed(kind="status", **{**STATUS, "counters": {"x": "1"}}),
+        "counters not numbers",
+    ),
+    (
+        b"status.s",
+        packed(kind="status", **{**STATUS, "latency": {"p50": None}}),
+        "latency not numbers",
+    ),
+    (b"status.s", packed(kind="status", **{**STATUS, "ended": 1}), "field 'ended' has type int"),
+    (b"mel.s", packed(kind="mel", **{**MEL, "frames": b"\x00" * 5}), "whole rows of 4 bins"),
+    (b"mel.s", packed(kind="mel", **{**MEL, "bins": 0}), "whole rows of 0 bins"),
+    (b"mel.s", packed(kind="mel", **{**MEL, "lo": "dark"}), "field 'lo' has type str"),
 ]
 
 
@@ -88,6 +119,41 @@ def test_malformed_messages_are_rejected_with_reason(
 ) -> None:
     with pytest.raises(MalformedMessage, match=reason.replace("[", r"\[").replace("]", r"\]")):
         decode(topic, payload)
+
+
+def test_fields_added_after_version_1_are_optional_and_unknown_ones_ignored() -> None:
+    """An older publisher (no smoothed/groups) still decodes, smoothed then equal to probs;
+    a newer one's extra fields are dropped, not fatal; an older status has defaults."""
+    old = decode(b"tags.s", packed(probs=np.array([0.1, 0.9], "<f4").tobytes()))
+    assert isinstance(old, Tags) and old.groups == {}
+    np.testing.assert_array_equal(old.smoothed, old.probs)
+    newer = decode(b"tags.s", packed(colour="blue", loudness=3.5))
+    assert not hasattr(newer, "colour")
+    status = decode(b"status.s", packed(kind="status", **STATUS))
+    assert isinstance(status, Status) and not status.ended and status.error == ""
+    mel = decode(b"mel.s", packed(kind="mel", **MEL))
+    assert mel.frames.shape == (2, 4) and mel.frames.dtype == np.uint8
+
+
+def test_subscriber_skips_messages_with_the_wrong_number_of_parts() -> None:
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    with Subscriber(f"tcp://127.0.0.1:{port}") as subscriber:
+        deadline = time.monotonic() + 5
+        while subscriber.receive(timeout=0.05) is None:  # connected once a message arrives
+            pub.send_multipart([b"tags.s", packed(seq=0)])
+            assert time.monotonic() < deadline
+        while subscriber.receive(timeout=0.05) is not None:
+            pass
+        before = subscriber.malformed
+        pub.send_multipart([b"tags.s"])
+        pub.send_multipart([b"tags.s", packed(seq=1), b"extra"])
+        pub.send_multipart([b"tags.s", packed(seq=2)])
+        message = subscriber.receive(timeout=5)
+        assert message is not None and message.seq == 2
+        assert subscriber.malformed - before == 2
+    pub.close(linger=0)
 
 
 def wait_for_subscription(publisher: Publisher, subscriber: Subscriber, stream: str) -> None:
