@@ -22,7 +22,12 @@ from soundwatch.mqtt.config import MqttConfig
 from soundwatch.sinks.smoothing import SMOOTHING_METHODS
 from soundwatch.stream import check_source_spec
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
-from soundwatch.validation import StrictModel, check_whole_frames, parse_section
+from soundwatch.validation import (
+    StrictModel,
+    check_hop_within_window,
+    check_whole_frames,
+    parse_section,
+)
 
 
 class SourceConfig(StrictModel):
@@ -72,11 +77,7 @@ class WindowConfig(StrictModel):
     @model_validator(mode="after")
     def _hop_within_window(self) -> WindowConfig:
         check_whole_frames(window=self.window, hop=self.hop)
-        if self.hop > self.window:
-            raise ValueError(
-                f"hop ({self.hop} s) is longer than window ({self.window} s): audio between "
-                "windows would never be tagged; use a hop <= window"
-            )
+        check_hop_within_window(self.window, self.hop)
         return self
 
 

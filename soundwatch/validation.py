@@ -28,6 +28,23 @@ def check_whole_frames(**durations: float) -> None:
             raise ValueError(f"{name} ({seconds} s) must be a multiple of 0.01 s (one frame)")
 
 
+def check_hop_within_window(window: float, hop: float, unit: str = "s") -> None:
+    """A hop longer than its window would leave audio between windows untagged."""
+    if hop > window:
+        raise ValueError(
+            f"hop ({hop:g} {unit}) is longer than window ({window:g} {unit}): audio between "
+            "windows would never be tagged; use a hop <= window"
+        )
+
+
+def check_off_not_above_on(off: float | None, on: float | None) -> None:
+    """Hysteresis ends an event below ``threshold_off``: it may not exceed ``threshold_on``."""
+    if off is not None and on is not None and off > on:
+        raise ValueError(
+            f"threshold_off ({off:g}) is above threshold_on ({on:g}); hysteresis needs off <= on"
+        )
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.validation import check_hop_within_window
 
 FRAMES_PER_SECOND = 100  # 32 kHz audio, hop 320 samples
 
@@ -48,11 +49,10 @@ class MelWindower:
     def __init__(self, window_frames: int, hop_frames: int, n_mels: int = 128) -> None:
         if window_frames < 1 or hop_frames < 1:
             raise SoundwatchError("window and hop must each be at least one 10 ms frame")
-        if hop_frames > window_frames:
-            raise SoundwatchError(
-                f"hop ({hop_frames} frames) longer than window ({window_frames} frames): "
-                "use a hop no longer than the window"
-            )
+        try:
+            check_hop_within_window(window_frames, hop_frames, unit="frames")
+        except ValueError as error:
+            raise SoundwatchError(str(error)) from None
         self.window_frames = window_frames
         self.hop_frames = hop_frames
         self.n_mels = n_mels

@@ -17,6 +17,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from soundwatch.errors import SoundwatchError
 from soundwatch.validation import (
     StrictModel,
+    check_hop_within_window,
+    check_off_not_above_on,
     check_whole_frames,
     format_validation_error,
     parse_section,
@@ -42,15 +44,7 @@ class GroupConfig(StrictModel):
     def _has_members(self) -> GroupConfig:
         if not self.labels and not self.subtrees:
             raise ValueError("a group needs at least one entry in labels or subtrees")
-        if (
-            self.threshold_on is not None
-            and self.threshold_off is not None
-            and self.threshold_off > self.threshold_on
-        ):
-            raise ValueError(
-                f"threshold_off ({self.threshold_off}) is above threshold_on "
-                f"({self.threshold_on}); hysteresis needs off <= on"
-            )
+        check_off_not_above_on(self.threshold_off, self.threshold_on)
         return self
 
 
@@ -150,15 +144,8 @@ class EventsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> EventsConfig:
-        if self.hop > self.window:
-            raise ValueError(
-                f"hop ({self.hop} s) is longer than window ({self.window} s); use hop <= window"
-            )
-        if self.threshold_off is not None and self.threshold_off > self.threshold_on:
-            raise ValueError(
-                f"threshold_off ({self.threshold_off}) is above threshold_on "
-                f"({self.threshold_on}); hysteresis needs off <= on"
-            )
+        check_hop_within_window(self.window, self.hop)
+        check_off_not_above_on(self.threshold_off, self.threshold_on)
         check_whole_frames(window=self.window, hop=self.hop, step=self.step)
         return self
 

@@ -36,6 +36,7 @@ from soundwatch.events.hysteresis import HysteresisTracker, Span, Thresholds, Up
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.results import WindowResult
 from soundwatch.sinks.messages import Event
+from soundwatch.validation import check_off_not_above_on
 
 SEGMENT_JUMP_S = 0.1  # a window whose stream origin moved this much starts a new segment
 
@@ -81,11 +82,10 @@ class DetectorSettings:
             spec = specs.get(group.name) or GroupConfig(labels=[group.name])
             g_on = config.threshold_on if spec.threshold_on is None else spec.threshold_on
             g_off = g_on * off_ratio if spec.threshold_off is None else spec.threshold_off
-            if g_off > g_on:
-                raise SoundwatchError(
-                    f"events.groups.{group.name}: threshold_off {g_off} is above threshold_on "
-                    f"{g_on}; hysteresis needs off <= on"
-                )
+            try:  # each bound may come from the group or the defaults
+                check_off_not_above_on(g_off, g_on)
+            except ValueError as error:
+                raise SoundwatchError(f"events.groups.{group.name}: {error}") from None
             duration = config.min_duration if spec.min_duration is None else spec.min_duration
             gap = config.max_gap if spec.max_gap is None else spec.max_gap
             on.append(g_on)
