@@ -106,6 +106,7 @@ class Event(Envelope):
     onset: float = 0.0
     offset: float | None = None
     peak: float = 0.0
+    record_id: int = -1  # the event's id in the recorder's history (-1: not recorded)
 
 
 @dataclass
@@ -131,7 +132,7 @@ MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Stat
 ADDED_FIELDS: dict[str, frozenset[str]] = {
     "tags": frozenset({"smoothed", "groups"}),
     "status": frozenset({"groups", "events_window", "events_hop", "ended", "error"}),
-    "events": frozenset(),
+    "events": frozenset({"record_id"}),
     "mel": frozenset(),
 }
 
@@ -238,6 +239,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "counters": (dict,),
     "latency": (dict,),
     "event_id": (int,),
+    "record_id": (int,),
     "label": (str,),
     "state": (str,),
     "onset": _NUMBER,
