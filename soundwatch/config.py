@@ -19,6 +19,7 @@ from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.model_catalog import MODEL_NAMES
 from soundwatch.mqtt.config import MqttConfig
+from soundwatch.recorder.config import RecorderConfig
 from soundwatch.sinks.smoothing import SMOOTHING_METHODS
 from soundwatch.stream import check_source_spec
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
@@ -133,6 +134,7 @@ class Config(StrictModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
 
 
 def parse_config(data: Any, origin: str = "<config>") -> Config:
