@@ -57,7 +57,9 @@ class Tags(Envelope):
     ``probs`` are the window's own probabilities in label order; ``smoothed`` the same
     classes smoothed across the stream's windows (``publish.smoothing``; equal to ``probs``
     when smoothing is off); ``top`` the best few by ``smoothed``; ``groups`` the smoothed
-    score of each event group (the highest smoothed probability among its classes).
+    score of each event group (the highest smoothed probability among its classes);
+    ``head`` each loaded head label's probability in this window (custom sounds, see
+    docs/custom-sounds.md; their smoothed scores are in ``groups`` beside the others).
     """
 
     kind: ClassVar[str] = "tags"
@@ -65,6 +67,7 @@ class Tags(Envelope):
     top: list[tuple[str, float]] = field(default_factory=list)
     smoothed: np.ndarray = field(default_factory=_no_floats)
     groups: dict[str, float] = field(default_factory=dict)
+    head: dict[str, float] = field(default_factory=dict)  # head label -> window probability
 
     def __post_init__(self) -> None:
         if len(self.smoothed) == 0:  # not smoothed: the window's own probabilities
@@ -130,7 +133,7 @@ class Mel(Envelope):
 MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Status, Event, Mel)}
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
-    "tags": frozenset({"smoothed", "groups"}),
+    "tags": frozenset({"smoothed", "groups", "head"}),
     "status": frozenset({"groups", "events_window", "events_hop", "ended", "error"}),
     "events": frozenset({"record_id"}),
     "mel": frozenset(),
@@ -147,6 +150,7 @@ def encode(message: Envelope) -> tuple[bytes, bytes]:
         body["smoothed"] = _float32_bytes(message.smoothed)
         body["top"] = [[label, float(p)] for label, p in message.top]
         body["groups"] = {name: float(score) for name, score in message.groups.items()}
+        body["head"] = {label: float(p) for label, p in message.head.items()}
     elif isinstance(message, Mel):
         body["frames"] = np.ascontiguousarray(message.frames, dtype=np.uint8).tobytes()
     return message.topic.encode(), msgpack.packb(body, use_bin_type=True)
@@ -246,6 +250,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "offset": (*_NUMBER, type(None)),
     "peak": _NUMBER,
     "groups": (dict,),
+    "head": (dict,),
     "events_window": _NUMBER,
     "events_hop": _NUMBER,
     "ended": (bool,),
@@ -280,6 +285,11 @@ def _check_types(kind: str, topic: bytes, body: dict[str, Any]) -> None:
             )
     if kind == "events" and body["state"] not in ("start", "end"):
         raise MalformedMessage(f"events message on topic {topic!r}: unknown state")
+    if "head" in body and not all(
+        isinstance(k, str) and isinstance(v, _NUMBER) and not isinstance(v, bool)
+        for k, v in body["head"].items()
+    ):
+        raise MalformedMessage(f"{kind} message on topic {topic!r}: head is not label -> number")
     if "groups" in body and not all(
         isinstance(k, str) and isinstance(v, _NUMBER) and not isinstance(v, bool)
         for k, v in body["groups"].items()
