@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -74,6 +75,16 @@ class LiveSettings:
         object.__setattr__(self, "labels_sha256", labels_digest(self.labels))
 
 
+class HeadFields(Protocol):
+    """Custom-sound heads applied to a run's windows (``soundwatch.heads.live``)."""
+
+    def tag_fields(self, result: WindowResult) -> tuple[dict[str, float], dict[str, float]]:
+        """The window's head probabilities and the heads' smoothed group scores."""
+        ...
+
+    def group_thresholds(self) -> dict[str, float]: ...
+
+
 class LivePublisher:
     """A pipeline result handler that publishes ``tags``, ``mel`` and ``status`` messages.
 
@@ -88,12 +99,14 @@ class LivePublisher:
         reports: Callable[[], Sequence[StreamReport]],
         extra_counters: Callable[[str], dict[str, int]] | None = None,
         mel_tap: MelTap | None = None,
+        heads: HeadFields | None = None,
     ) -> None:
         self.publisher = publisher
         self.settings = settings
         self.reports = reports
         self.extra_counters = extra_counters
         self.mel_tap = mel_tap
+        self.heads = heads
         self.latencies: dict[str, deque[float]] = {}
         self.smoothers: dict[str, TagSmoother] = {}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
@@ -111,6 +124,11 @@ class LivePublisher:
         smoothed = smoother.push(probs)
         if result.final:  # the stream's audio restarts after this window
             smoother.reset()
+        groups = s.groups.scores(smoothed) if s.groups is not None else {}
+        head: dict[str, float] = {}
+        if self.heads is not None:
+            head, head_groups = self.heads.tag_fields(result)
+            groups.update(head_groups)
         self.publisher.publish(
             Tags(
                 stream=result.stream,
@@ -119,7 +137,8 @@ class LivePublisher:
                 probs=probs,
                 top=top_labels(smoothed, s.labels, s.top_k),
                 smoothed=smoothed,
-                groups=s.groups.scores(smoothed) if s.groups is not None else {},
+                groups=groups,
+                head=head,
             )
         )
         latencies = self.latencies.setdefault(result.stream, deque(maxlen=LATENCY_HISTORY))
@@ -171,12 +190,20 @@ class LivePublisher:
             source=report.source,
             counters=counters,
             latency=latency_percentiles(self.latencies.get(report.stream, ())),
-            groups=dict(zip(s.groups.names, s.groups.thresholds, strict=True)) if s.groups else {},
+            groups=self.group_thresholds(),
             events_window=events_window,
             events_hop=events_hop,
             ended=report.ended,
             error=report.error or "",
         )
+
+    def group_thresholds(self) -> dict[str, float]:
+        """Every group's threshold_on: the event groups', then the heads' labels."""
+        s = self.settings
+        groups = dict(zip(s.groups.names, s.groups.thresholds, strict=True)) if s.groups else {}
+        if self.heads is not None:
+            groups.update(self.heads.group_thresholds())
+        return groups
 
 
 def latency_percentiles(values: Sequence[float] | deque[float]) -> dict[str, float]:
