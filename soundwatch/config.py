@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from soundwatch.dashboard.config import DashboardConfig
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
+from soundwatch.heads.config import HeadsConfig
 from soundwatch.model_catalog import MODEL_NAMES
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.recorder.config import RecorderConfig
@@ -134,6 +135,7 @@ class Config(StrictModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
 
 
