@@ -148,6 +148,13 @@ def _setup_logging(verbose: bool) -> None:
 @click.option(
     "--mqtt", "mqtt_broker", metavar="URL", help="bridge to MQTT: mqtt://[USER:PASS@]HOST"
 )
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="keep event clips and the history (events.sqlite) in DIR",
+)
 @click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
 @click.option("--loop/--no-loop", default=None, help="loop file sources")
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
@@ -167,6 +174,7 @@ def run(
     wait_for: int | None,
     dashboard_at: str | None,
     mqtt_broker: str | None,
+    record_dir: Path | None,
     pace: str | None,
     loop: bool | None,
     model_name: str | None,
@@ -203,6 +211,8 @@ def run(
             "dashboard.host": dashboard_host,
             "dashboard.port": dashboard_port,
             "mqtt.broker": mqtt_broker,
+            "recorder.enabled": True if record_dir else None,
+            "recorder.dir": record_dir,
             **_model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
@@ -436,6 +446,10 @@ main.add_command(dashboard)
 from soundwatch.mqtt.command import mqtt  # noqa: E402 (registered after main)
 
 main.add_command(mqtt)
+
+from soundwatch.recorder.command import events  # noqa: E402 (registered after main)
+
+main.add_command(events)
 
 
 if __name__ == "__main__":

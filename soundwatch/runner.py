@@ -30,6 +30,7 @@ from soundwatch.models import (
     resolve_bundle_file,
 )
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
+from soundwatch.recorder.recorder import Recorder
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MelTap
 from soundwatch.sinks.messages import Event
@@ -179,6 +180,7 @@ def run_live(
     attached = AttachedSubscribers(config)
     publisher = Publisher(outputs)
     mel_tap = MelTap()
+    recorder: Recorder | None = None
     try:
         if attached.wanted:
             outputs.append(attached.bind())
@@ -186,6 +188,10 @@ def run_live(
         else:
             notes = []
         sources = open_sources(config)
+        if config.recorder.enabled:
+            recorder = Recorder(
+                config.recorder, tagger.labels, tagger.loaded.name, streams=[s.id for s in sources]
+            )
         pipeline = Pipeline(
             sources,
             tagger.worker.infer,
@@ -196,15 +202,19 @@ def run_live(
             max_batch=config.pipeline.max_batch,
             events_window=events_window(config.events),
             on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,
+            on_audio=recorder.on_audio if recorder is not None else None,
         )
         events = tagger.events_handler(config.events, publisher.publish)
         if events is not None:
             pipeline.handlers.append(events)  # first: its last events precede the final status
+        if recorder is not None:
+            recorder.attach(events)  # events get their history id before they are published
+            pipeline.handlers.append(recorder)
         live = LivePublisher(
             publisher,
             live_settings(config, tagger, events),
             pipeline.reports,
-            extra_counters=events.counters if events is not None else None,
+            extra_counters=_stage_counters(events, recorder),
             mel_tap=mel_tap,
         )
         pipeline.handlers.append(live)
@@ -217,10 +227,22 @@ def run_live(
             pipeline.run()
     finally:
         try:
+            if recorder is not None:
+                recorder.close()
             attached.close()
         finally:
             publisher.close()
     return pipeline
+
+
+def _stage_counters(
+    events: EventsHandler | None, recorder: Recorder | None
+) -> Callable[[str], dict[str, int]] | None:
+    """The event detectors' and the recorder's counters of a stream, for status."""
+    stages = [stage.counters for stage in (events, recorder) if stage is not None]
+    if not stages:
+        return None
+    return lambda stream: {k: v for counters in stages for k, v in counters(stream).items()}
 
 
 def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) -> LiveSettings:

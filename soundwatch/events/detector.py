@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +257,14 @@ class EventDetector:
         if result.final:
             messages.extend(self.finish())
         return messages
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        """A runtime change (the control endpoint): the hysteresis reads ``thresholds``
+        from the next step on; open events go on and end by the new values."""
+        if len(thresholds.on) != len(self.settings.groups):
+            raise SoundwatchError("thresholds must give one value per group")
+        self.settings = replace(self.settings, thresholds=thresholds)
+        self._tracker.t = thresholds
 
     def finish(self) -> list[Event]:
         """End the segment: score its last steps, close open events, start afresh."""

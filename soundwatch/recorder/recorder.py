@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
@@ -40,6 +40,9 @@ from soundwatch.results import TAGS, WindowResult
 from soundwatch.sinks.messages import Event
 from soundwatch.stream import AudioBlock
 from soundwatch.stream.resample import TARGET_RATE
+
+if TYPE_CHECKING:
+    from soundwatch.events import EventsHandler
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,15 @@ class Recorder:
                 self.speech[stream] = SpeechTrack(windows)
                 self._counters[stream] = RecorderCounters()
             return self.rings[stream]
+
+    def attach(self, events: EventsHandler | None) -> None:
+        """Record ``events``' events: each gets its history id before it is published, and
+        its row the group's settings in force."""
+        if events is None:
+            log.warning("recorder: events are disabled (events.enabled), so nothing is recorded")
+            return
+        self.thresholds_of = events.group_settings
+        events.publish = self.record_then(events.publish)
 
     # --- inference thread ----------------------------------------------------------
     def record_then(self, publish: Callable[[Event], None]) -> Callable[[Event], None]:
@@ -333,8 +345,8 @@ class Recorder:
             if not ((audio_in and speech_in) or over):
                 continue
             del state.pending[row_id]
-            if clip.early_done:
-                cut = clip.early
+            if clip.early_done:  # cut at the cap before the end was known: keep what is due
+                cut = clip.early.until(want_end) if clip.early is not None else None
             else:
                 cut = ring.cut(clip.t_from, want_end, clip.onset) if ring is not None else None
             self._finish(clip, cut, want_end)

@@ -30,6 +30,11 @@ class Cut:
     def t_end(self) -> float:
         return self.t_start + len(self.samples) / TARGET_RATE
 
+    def until(self, t_end: float) -> Cut:
+        """The part before ``t_end``."""
+        keep = max(0, min(len(self.samples), round((t_end - self.t_start) * TARGET_RATE)))
+        return Cut(self.samples[:keep], self.t_start)
+
 
 class AudioRing:
     """The last ``seconds`` of one stream's audio, with the time of every sample."""
