@@ -22,6 +22,7 @@ from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import EventsConfig, EventsHandler, build_settings
+from soundwatch.heads.live import HeadBank, HeadsHandler, RunBackbone
 from soundwatch.models import (
     ONTOLOGY_FILE,
     InferenceWorker,
@@ -82,6 +83,30 @@ class Tagger:
             find_ontology=lambda: resolve_bundle_file(ONTOLOGY_FILE, weights_dir),
         )
         return EventsHandler(settings, publish)
+
+    def head_bank(self, config: Config, events: EventsHandler | None = None) -> HeadBank | None:
+        """The configured heads, checked against this model and window (None: no heads).
+        Their labels may not repeat an event group's name."""
+        if not config.heads.paths:
+            return None
+        return HeadBank(
+            config.heads.paths,
+            RunBackbone(self.loaded.name, self.loaded.sha256, config.windows.window),
+            reserved=events.settings.labels if events is not None else (),
+            watch_s=config.heads.watch,
+        )
+
+    def heads_handler(
+        self, config: Config, publish: Callable[[Event], None], events: EventsHandler | None
+    ) -> HeadsHandler | None:
+        """Heads applied to the tag windows of a live run, reloaded when their files change."""
+        bank = self.head_bank(config, events)
+        if bank is None:
+            return None
+        smoothing = config.publish.smoothing
+        return HeadsHandler(
+            bank, publish, config.events, config.windows.hop, smoothing.method, smoothing.width
+        )
 
 
 def events_window(config: EventsConfig) -> tuple[float, float] | None:
@@ -210,12 +235,16 @@ def run_live(
         if recorder is not None:
             recorder.attach(events)  # events get their history id before they are published
             pipeline.handlers.append(recorder)
+        heads = tagger.heads_handler(config, publisher.publish, events)
+        if heads is not None:
+            pipeline.handlers.append(heads)  # before the live publisher, which reads its fields
         live = LivePublisher(
             publisher,
             live_settings(config, tagger, events),
             pipeline.reports,
-            extra_counters=_stage_counters(events, recorder),
+            extra_counters=_stage_counters(events, recorder, heads),
             mel_tap=mel_tap,
+            heads=heads,
         )
         pipeline.handlers.append(live)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
@@ -236,10 +265,10 @@ def run_live(
 
 
 def _stage_counters(
-    events: EventsHandler | None, recorder: Recorder | None
+    events: EventsHandler | None, recorder: Recorder | None, heads: HeadsHandler | None = None
 ) -> Callable[[str], dict[str, int]] | None:
-    """The event detectors' and the recorder's counters of a stream, for status."""
-    stages = [stage.counters for stage in (events, recorder) if stage is not None]
+    """The event detectors', the recorder's and the heads' counters of a stream, for status."""
+    stages = [stage.counters for stage in (events, recorder, heads) if stage is not None]
     if not stages:
         return None
     return lambda stream: {k: v for counters in stages for k, v in counters(stream).items()}
@@ -325,9 +354,11 @@ def tag_file(
     window_s: float,
     hop_s: float,
     events: EventsConfig | None = None,
+    heads: HeadBank | None = None,
 ) -> FileTags:
     """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast``
-    does; with ``events``, also the events the live pipeline would publish for it."""
+    does; with ``events``, also the events the live pipeline would publish for it (those
+    of the ``heads``' labels too)."""
     spec = f"file:{path}"
     source = open_source(parse_source_spec(spec).default_id(), spec, pace="fast")
     collector = Collector()
@@ -335,6 +366,8 @@ def tag_file(
     handlers: list = [collector]
     if events is not None and (handler := tagger.events_handler(events, found.append)):
         handlers.append(handler)
+    if heads is not None and events is not None:
+        handlers.append(HeadsHandler(heads, found.append, events, hop_s, "none"))
     pipeline = Pipeline(
         [source],
         tagger.worker.infer,

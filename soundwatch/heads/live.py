@@ -36,6 +36,8 @@ from soundwatch.sinks.smoothing import TagSmoother
 
 log = logging.getLogger(__name__)
 
+HEAD_EVENT_IDS = 1 << 40  # first event id of head events (group events count from 0)
+
 
 @dataclass(frozen=True)
 class RunBackbone:
@@ -186,6 +188,9 @@ class HeadsHandler:
         self.detectors: dict[str, EventDetector] = {}
         self._settings: DetectorSettings | None = None
         self._last: tuple[WindowResult, dict[str, float], dict[str, float]] | None = None
+        self._ids: dict[tuple[str, int, int], int] = {}  # open events: detector id -> id
+        self._next_id = HEAD_EVENT_IDS
+        self._generation = 0
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -193,6 +198,7 @@ class HeadsHandler:
         for stream in list(self.detectors):
             self.on_stream_end(stream)
         self.detectors.clear()
+        self._generation += 1  # the new detectors count their ids from 0 again
         self.smoothers.clear()
         self._last = None
         self._settings = None
@@ -235,8 +241,18 @@ class HeadsHandler:
                 detector = EventDetector(self._settings, result.stream)
                 self.detectors[result.stream] = detector
             for message in detector.push(dataclasses.replace(result, probs=probs)):
-                self.publish(message)
+                self._publish(message)
         return raw, scores
+
+    def _publish(self, event: Event) -> None:
+        """Publish with an id of the heads' own range, unique in the stream across reloads
+        (the detectors of the event groups count from 0)."""
+        key = (event.stream, self._generation, event.event_id)
+        if event.state == "start":
+            self._ids[key] = self._next_id
+            self._next_id += 1
+        event_id = self._ids.pop(key) if event.state == "end" else self._ids[key]
+        self.publish(dataclasses.replace(event, event_id=event_id))
 
     def group_thresholds(self) -> dict[str, float]:
         """Each head label's threshold (the event threshold_on), for status messages."""
@@ -261,7 +277,7 @@ class HeadsHandler:
         detector = self.detectors.get(stream)
         if detector is not None:
             for message in detector.finish():
-                self.publish(message)
+                self._publish(message)
         smoother = self.smoothers.get(stream)
         if smoother is not None:
             smoother.reset()
