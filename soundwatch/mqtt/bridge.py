@@ -48,6 +48,7 @@ SUBSCRIBED = ["events.", "status.", "tags."]
 SCORES_INTERVAL = 1.0  # seconds: at most one scores message per stream per second
 _POLL = 0.1  # seconds the worker waits for a ZeroMQ message before looking at its flags
 _DRAIN = 1.0  # seconds close() spends at most on messages still arriving
+PAHO_IN_FLIGHT = 100  # QoS 1 messages awaiting the broker's acknowledgement, beyond the queue
 
 
 @dataclass
@@ -128,7 +129,10 @@ class MqttBridge:
             client.tls_insecure_set(tls.insecure)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(1, self.config.reconnect_max_delay)
-        client.max_queued_messages_set(self.config.queue_size)
+        # paho holds QoS 1 messages until the broker acknowledges them: room for the outage
+        # queue flushed at once plus those in flight, so a burst of acknowledgements still
+        # on its way never makes paho refuse the next event.
+        client.max_queued_messages_set(self.config.queue_size + PAHO_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -303,6 +307,8 @@ class MqttBridge:
         if self._connected.is_set() and self._resync.is_set():
             self._resync.clear()
             self._send_everything()
+        elif self._outage and self._online():  # paho refused one while connected: retry now
+            self._flush_outage()
         while True:
             try:
                 topic = self._stale.get_nowait()
@@ -417,6 +423,10 @@ class MqttBridge:
                 self._announce(stream, group)
                 self._send_state(stream, group, ON if group in stream.open else OFF)
         self._send(self.topics.availability, ONLINE, retain=True)
+        self._flush_outage()
+
+    def _flush_outage(self) -> None:
+        """Send the events that waited, oldest first, while the broker takes them."""
         while self._outage and self._online():
             topic, payload = self._outage[0]
             if not self._send(topic, payload, qos=1):
