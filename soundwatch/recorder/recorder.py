@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 #: Jobs waiting for the writer before new ones are dropped (counted): events are rare,
 #: so reaching this means the disk is stuck.
 MAX_JOBS = 10_000
+#: Seconds a stream's end waits for its last clips (the inference thread waits).
+STREAM_END_WAIT_S = 5.0
 #: Seconds :meth:`Recorder.close` waits for the writer to finish the last clips.
 CLOSE_TIMEOUT_S = 15.0
 _FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS")}
@@ -83,6 +85,7 @@ class _End:
 @dataclass
 class _StreamEnd:
     stream: str
+    done: threading.Event = field(default_factory=threading.Event)  # its clips are written
 
 
 @dataclass
@@ -116,6 +119,7 @@ class RecorderState:
 
     pending: dict[int, _Clip] = field(default_factory=dict)
     ended_streams: set[str] = field(default_factory=set)
+    waiting: list[_StreamEnd] = field(default_factory=list)
 
 
 class Recorder:
@@ -218,7 +222,12 @@ class Recorder:
         track.add(result.t_start, result.t_end, score)
 
     def on_stream_end(self, stream: str) -> None:
-        self._put(stream, _StreamEnd(stream))
+        """The stream's last events are in: wait (bounded) until their clips are written,
+        so the stream's final status counts them."""
+        job = _StreamEnd(stream)
+        self._put(stream, job)
+        if not job.done.wait(STREAM_END_WAIT_S):
+            log.warning("recorder: the clips of stream %s are still being written", stream)
 
     def on_tick(self) -> None:
         pass
@@ -315,6 +324,7 @@ class Recorder:
                 state.pending[job.row_id].offset = e.offset
         elif isinstance(job, _StreamEnd):
             state.ended_streams.add(job.stream)
+            state.waiting.append(job)
         elif isinstance(job, _Change):
             self.history.add_change(job.origin, job.command, job.detail)
 
@@ -350,6 +360,10 @@ class Recorder:
             else:
                 cut = ring.cut(clip.t_from, want_end, clip.onset) if ring is not None else None
             self._finish(clip, cut, want_end)
+        busy = {clip.stream for clip in state.pending.values()}
+        for job in [j for j in state.waiting if j.stream not in busy]:
+            job.done.set()
+            state.waiting.remove(job)
 
     def _finish(self, clip: _Clip, cut: Cut | None, want_end: float) -> None:
         counters = self._counters.setdefault(clip.stream, RecorderCounters())
