@@ -155,6 +155,14 @@ def _setup_logging(verbose: bool) -> None:
     metavar="DIR",
     help="keep event clips and the history (events.sqlite) in DIR",
 )
+@click.option(
+    "--head",
+    "head_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="custom-sound head (soundwatch learn) or folder of heads (repeatable)",
+)
 @click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
 @click.option("--loop/--no-loop", default=None, help="loop file sources")
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
@@ -175,6 +183,7 @@ def run(
     dashboard_at: str | None,
     mqtt_broker: str | None,
     record_dir: Path | None,
+    head_files: tuple[Path, ...],
     pace: str | None,
     loop: bool | None,
     model_name: str | None,
@@ -213,6 +222,7 @@ def run(
             "mqtt.broker": mqtt_broker,
             "recorder.enabled": True if record_dir else None,
             "recorder.dir": record_dir,
+            "heads.paths": [*config.heads.paths, *head_files] if head_files else None,
             **_model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
@@ -272,6 +282,14 @@ def _exit_now(status: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per window (or event)")
 @click.option("--probs", is_flag=True, help="with --json: all probabilities in label order")
 @click.option("--events", "show_events", is_flag=True, help="print sound events, not windows")
+@click.option(
+    "--head",
+    "head_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="also tag a head's own labels (soundwatch learn; repeatable)",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--backend", type=click.Choice(["torch", "onnx"]))
 @click.option("--threads", type=int)
@@ -287,6 +305,7 @@ def tag(
     as_json: bool,
     probs: bool,
     show_events: bool,
+    head_files: tuple[Path, ...],
     device: str | None,
     backend: str | None,
     threads: int | None,
@@ -301,11 +320,18 @@ def tag(
 
     config = apply_overrides(
         load_config(config_path),
-        _model_and_window_overrides(model_name, weights, device, backend, threads, window, hop),
+        {
+            **_model_and_window_overrides(
+                model_name, weights, device, backend, threads, window, hop
+            ),
+            "heads.paths": [*config_heads(config_path), *head_files] if head_files else None,
+        },
     )
     tagger = Tagger.from_config(config)
     if show_events and not config.events.enabled:
         raise SoundwatchError("events are disabled in the config (events.enabled: false)")
+    groups = tagger.events_handler(config.events, print) if config.events.enabled else None
+    heads = tagger.head_bank(config, groups)
     failed = 0
     for path in paths:
         try:
@@ -315,6 +341,7 @@ def tag(
                 config.windows.window,
                 config.windows.hop,
                 events=config.events if show_events else None,
+                heads=heads,
             )
         except SoundwatchError as error:
             click.echo(f"soundwatch: error: {error}", err=True)
@@ -323,13 +350,26 @@ def tag(
         if show_events:
             _print_events(path, tagged, as_json)
         else:
-            _print_windows(path, tagged, tagger.labels, top_k, as_json, probs)
+            _print_windows(path, tagged, tagger.labels, top_k, as_json, probs, heads)
     if failed:
         sys.exit(1)
 
 
+def config_heads(config_path: Path | None) -> list[Path]:
+    """The head files of the config (``--head`` adds to them)."""
+    from soundwatch.config import load_config
+
+    return list(load_config(config_path).heads.paths)
+
+
 def _print_windows(
-    path: str, tagged: Any, labels: list[str], top_k: int, as_json: bool, probs: bool
+    path: str,
+    tagged: Any,
+    labels: list[str],
+    top_k: int,
+    as_json: bool,
+    probs: bool,
+    heads: Any = None,
 ) -> None:
     import json
 
@@ -339,13 +379,21 @@ def _print_windows(
         top = [[label, round(p, 4)] for label, p in top_labels(result.probs, labels, top_k)]
         t_start = round(result.offset_s, 3)
         t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
+        head = {}
+        if heads is not None and heads.labels:
+            head_probs = heads.predict(result.embedding).tolist()
+            head = {label: round(p, 4) for label, p in zip(heads.labels, head_probs, strict=True)}
         if as_json:
             record: dict = {"file": path, "t_start": t_start, "t_end": t_end, "top": top}
             if probs:
                 record["probs"] = [round(float(p), 6) for p in result.probs]
+            if heads is not None:
+                record["head"] = head
             click.echo(json.dumps(record))
         else:
             shown = ", ".join(f"{label} {p:.2f}" for label, p in top)
+            if head:
+                shown += " | " + ", ".join(f"{label} {p:.2f}" for label, p in head.items())
             click.echo(f"{path} {t_start:7.2f}-{t_end:7.2f}s  {shown}")
 
 
@@ -450,6 +498,11 @@ main.add_command(mqtt)
 from soundwatch.recorder.command import events  # noqa: E402 (registered after main)
 
 main.add_command(events)
+
+from soundwatch.heads.command import embed, learn  # noqa: E402 (registered after main)
+
+main.add_command(learn)
+main.add_command(embed)
 
 
 if __name__ == "__main__":
