@@ -168,7 +168,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--backend", type=click.Choice(["torch", "onnx"]))
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]))
 @click.option("--threads", type=int)
 @click.option("--window", type=float, metavar="SECONDS")
 @click.option("--hop", type=float, metavar="SECONDS")
@@ -291,7 +291,7 @@ def _exit_now(status: int) -> None:
     help="also tag a head's own labels (soundwatch learn; repeatable)",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--backend", type=click.Choice(["torch", "onnx"]))
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]))
 @click.option("--threads", type=int)
 @user_errors
 def tag(

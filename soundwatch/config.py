@@ -67,7 +67,7 @@ class ModelConfig(StrictModel):
     weights: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
 
 
 class WindowConfig(StrictModel):

@@ -2,9 +2,16 @@
 
 Threads and what they own:
 
-- one **stream thread** per source: reads audio blocks, computes each mel frame once
-  (:class:`~soundwatch.dsp.StreamingLogMel`), cuts windows (:class:`MelWindower`) and puts
-  them into the bounded :class:`WindowQueue`; when its source ends it queues an end marker;
+- one **capture thread** for every live source (a microphone, a real-time file or synthetic
+  source): every ``read_interval_s`` it reads what each source has ready (``read(0)``, never
+  waiting), computes each new mel frame once (:class:`~soundwatch.dsp.StreamingLogMel`), cuts
+  windows (:class:`MelWindower`) and puts them into the bounded :class:`WindowQueue`; when a
+  source ends it queues that stream's end marker. One thread instead of one per stream:
+  with a thread per stream waking every few milliseconds, dozens of streams spent more CPU
+  on wake-ups and GIL hand-offs than on their frontends, and delayed the inference thread
+  (see docs/performance.md);
+- one **stream thread** per source that waits when inference is behind
+  (``Source.waits_when_behind``: a fast-paced file, a pipe), since its ``put`` may block;
 - one **inference thread**: takes due windows of all streams, runs them as one batch
   through the tagger and hands each :class:`~soundwatch.results.WindowResult` to the result
   handlers (publisher, event detector, collector) in each stream's time order. When it
@@ -39,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds :meth:`Pipeline.run` waits for its threads after a stop before it gives up.
 SHUTDOWN_TIMEOUT_S = 10.0
+#: How often the capture thread reads the live sources: the most a block waits before its
+#: frames are computed (a window's result is delayed by up to this much).
+READ_INTERVAL_S = 0.05
 #: Rate limit of the "falling behind" warning, per stream.
 DROP_WARNING_INTERVAL_S = 5.0
 
@@ -337,11 +347,14 @@ class Pipeline:
         events_window: tuple[float, float] | None = None,
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
         on_audio: Callable[[str, AudioBlock], None] | None = None,
+        read_interval_s: float = READ_INTERVAL_S,
     ) -> None:
         """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
-        called on the stream threads with every batch of mel frames and every audio block
-        (32 kHz mono, capture-clock stamped): cheap taps for displays and recorders, which
-        must copy what they keep and never block."""
+        called on the capture or stream threads with every batch of mel frames and every
+        audio block (32 kHz mono, capture-clock stamped), in each stream's order: cheap taps
+        for displays and recorders, which must copy what they keep and never block."""
+        if read_interval_s <= 0:
+            raise ValueError("read_interval_s must be positive")
         ids = [source.id for source in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -356,6 +369,8 @@ class Pipeline:
         self.max_batch = max_batch
         self.queue = WindowQueue(max_pending_windows)
         self.batches = BatchCounters()
+        self.read_interval_s = read_interval_s
+        self._capturing: StreamState | None = None  # the stream the capture thread is on
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._inference_thread: threading.Thread | None = None
@@ -381,12 +396,20 @@ class Pipeline:
             for source in started:
                 source.stop()
             raise
-        for state in self.streams:
+        live = [state for state in self.streams if not state.block_when_full]
+        if live:
             thread = threading.Thread(
-                target=self._run_stream, args=(state,), name=f"stream-{state.id}", daemon=True
+                target=self._run_capture, args=(live,), name="capture", daemon=True
             )
             thread.start()
             self._threads.append(thread)
+        for state in self.streams:
+            if state.block_when_full:
+                thread = threading.Thread(
+                    target=self._run_stream, args=(state,), name=f"stream-{state.id}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
         self._inference_thread = threading.Thread(
             target=self._run_inference, name="inference", daemon=True
         )
@@ -420,7 +443,8 @@ class Pipeline:
         finally:
             self.stop()
             if not self.wait(timeout=shutdown_timeout):
-                alive = [t.name for t in [*self._threads, self._inference_thread] if t.is_alive()]
+                alive = [self._describe(t) for t in [*self._threads, self._inference_thread]]
+                alive = [name for name in alive if name]
                 raise SoundwatchError(
                     f"the pipeline did not stop within {shutdown_timeout:g} s; still running: "
                     f"{', '.join(alive)} (a device or the model may be hung)"
@@ -431,7 +455,62 @@ class Pipeline:
                 raise error
             raise SoundwatchError(f"{where} failed: {type(error).__name__}: {error}") from error
 
+    def _describe(self, thread: threading.Thread | None) -> str:
+        """A running thread's name for error messages ("" when it finished); the capture
+        thread names the stream it is busy with."""
+        if thread is None or not thread.is_alive():
+            return ""
+        current = self._capturing
+        if thread.name == "capture" and current is not None:
+            return f"capture (in stream-{current.id})"
+        return thread.name
+
     # --- threads -------------------------------------------------------------------
+    def _run_capture(self, states: list[StreamState]) -> None:
+        """Serve every live source from one thread: read what each has ready, then sleep
+        until the next read interval (see the module docstring)."""
+        active = list(states)
+        try:
+            while active and not self._stop.is_set():
+                tick = time.monotonic()
+                for state in list(active):
+                    if self._capture_once(state):
+                        active.remove(state)
+                        self._finish_stream(state)
+                self._capturing = None
+                self._stop.wait(max(0.0, tick + self.read_interval_s - time.monotonic()))
+        finally:
+            for state in active:  # stopping: every source still running ends now
+                self._finish_stream(state)
+            self._capturing = None
+
+    def _capture_once(self, state: StreamState) -> bool:
+        """Feed what ``state``'s source has ready; True when the stream is over (ended or
+        failed: the error is logged and recorded, the other streams go on)."""
+        self._capturing = state
+        try:
+            while (block := state.source.read(timeout=0.0)) is not None:
+                state.feed(block, self.queue)
+            return state.source.ended
+        except BaseException as error:
+            self._stream_failed(state, error)
+            return True
+
+    def _stream_failed(self, state: StreamState, error: BaseException) -> None:
+        log.exception("stream %s failed; the other streams go on", state.id)
+        state.error = f"{type(error).__name__}: {error}"
+        self.errors.append((f"stream {state.id}", error))
+
+    def _finish_stream(self, state: StreamState) -> None:
+        """Stop the source, tag its tail and queue its end marker."""
+        try:
+            state.source.stop()
+            state.end_segment(self.queue, time.monotonic())
+        except BaseException as error:
+            self._stream_failed(state, error)
+        finally:
+            self.queue.put_end(_StreamEnd(state))
+
     def _run_stream(self, state: StreamState) -> None:
         try:
             while not self._stop.is_set():
@@ -441,15 +520,9 @@ class Pipeline:
                 elif state.source.ended:
                     break
         except BaseException as error:  # the other streams go on; run() raises it at the end
-            log.exception("stream %s failed; the other streams go on", state.id)
-            state.error = f"{type(error).__name__}: {error}"
-            self.errors.append((f"stream {state.id}", error))
+            self._stream_failed(state, error)
         finally:
-            state.source.stop()
-            try:
-                state.end_segment(self.queue, time.monotonic())
-            finally:
-                self.queue.put_end(_StreamEnd(state))
+            self._finish_stream(state)
 
     def _run_inference(self) -> None:
         ended = 0

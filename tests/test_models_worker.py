@@ -15,6 +15,7 @@ from soundwatch.models import InferenceWorker, LoadedModel, build_model, load_mo
 from soundwatch.models.blocks import BlockConfig
 from soundwatch.models.dymn import DynamicInvertedResidual, DynamicSettings
 from soundwatch.models.onnx_backend import OnnxTagger, export_module, onnx_cache_path
+from soundwatch.models.worker import choose_backend
 
 CLIPS = ["speech", "typing", "music", "metro_station-paris"]
 
@@ -159,6 +160,28 @@ def test_onnx_missing_gives_install_hint(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
     with pytest.raises(SoundwatchError, match=r"pip install soundwatch\[onnx\]"):
         InferenceWorker(loaded, backend="onnx", cache_dir=tmp_path)
+
+
+def test_auto_backend_runs_mobilenets_in_onnx_runtime_on_the_cpu(
+    loaded: LoadedModel, onnx_cache: Path, clip_mels
+) -> None:
+    require_module("onnxruntime")
+    require_module("onnxscript")
+    worker = InferenceWorker(loaded, device="cpu", backend="auto", cache_dir=onnx_cache)
+    assert worker.backend == "onnx"
+    mels, expected_probs, _ = clip_mels
+    np.testing.assert_allclose(worker.infer(mels[:1])[0], expected_probs[:1], atol=1e-4, rtol=0)
+
+
+def test_auto_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_backend("auto", "dymn04", cpu) == "torch"  # slower in ONNX Runtime
+    assert choose_backend("auto", "mn10", cuda) == "torch"  # float16 on the GPU
+    assert choose_backend("onnx", "dymn04", cpu) == "onnx"  # an explicit choice stands
+    with pytest.raises(SoundwatchError, match=r"unknown backend 'tvm'.*auto, torch, onnx"):
+        choose_backend("tvm", "mn04", cpu)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    assert choose_backend("auto", "mn04", cpu) == "torch"
 
 
 def test_dynamic_block_exports_to_onnx(tmp_path: Path) -> None:

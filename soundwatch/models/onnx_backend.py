@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -130,6 +131,9 @@ class OnnxTagger:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: a spinning pool doubled the CPU of a
+        # one-stream run and took cores from the capture and inference threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
@@ -158,6 +162,12 @@ def cached_onnx_tagger(
     """Load the cached export for this checkpoint, exporting it first if needed."""
     path = onnx_cache_path(cache_dir, name, sha256)
     if not path.is_file():
-        log.info("exporting %s to ONNX (one-time, cached at %s)", name, path)
+        log.warning(
+            "exporting %s to ONNX Runtime once (about 15-30 s; later starts load the cache %s)",
+            name,
+            path,
+        )
+        started = time.monotonic()
         export_onnx(model, path)
+        log.info("exported %s in %.1f s", name, time.monotonic() - started)
     return OnnxTagger(path, threads)

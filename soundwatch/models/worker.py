@@ -17,7 +17,34 @@ from soundwatch.models.weights import default_cache_dir
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnx"]
+BACKENDS = ("auto", "torch", "onnx")
 N_MELS = 128
+
+
+def onnxruntime_available() -> bool:
+    """Whether the optional ONNX Runtime backend can run (onnxruntime and onnxscript)."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript"))
+    except ValueError:  # a module set to None in sys.modules: not importable
+        return False
+
+
+def choose_backend(backend: str, model_name: str, device: torch.device) -> Backend:
+    """``auto`` -> the fastest correct backend measured for this model and device.
+
+    ONNX Runtime on the CPU for the MobileNets (``mn*``: 1.5-6x eager torch per window,
+    docs/performance.md), when it is installed; torch for DyMN (its dynamic convolutions run
+    slower in ONNX Runtime at batch 8 and more) and on CUDA (float16 autocast).
+    """
+    if backend not in BACKENDS:
+        raise SoundwatchError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend  # type: ignore[return-value]
+    if device.type == "cpu" and model_spec(model_name).family == "mn" and onnxruntime_available():
+        return "onnx"
+    return "torch"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,9 +86,11 @@ class InferenceWorker:
     """Runs a :class:`LoadedModel` on batches of mel windows.
 
     ``device="auto"`` uses CUDA (float16 autocast) when available, else the CPU in
-    float32. ``threads`` sets the CPU thread count (``torch.set_num_threads``, which is
-    process-wide; onnxruntime: intra-op threads of this session). ``backend="onnx"`` runs
-    an ONNX Runtime CPU session exported from the model and cached in ``cache_dir``.
+    float32. ``backend="auto"`` picks the fastest correct backend (:func:`choose_backend`);
+    :attr:`backend` says which. ``threads`` sets the CPU thread count
+    (``torch.set_num_threads``, which is process-wide; onnxruntime: intra-op threads of this
+    session). ``backend="onnx"`` runs an ONNX Runtime CPU session exported from the model
+    and cached in ``cache_dir``.
     ``channels_last`` stores activations NHWC in the CPU torch backend; ``None`` (default)
     turns it on for the MobileNets, where it measured 1.5-1.7x faster, and off for DyMN,
     where it does not help (see docs/performance.md).
@@ -77,8 +106,11 @@ class InferenceWorker:
         channels_last: bool | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        if backend not in ("torch", "onnx"):
-            raise SoundwatchError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        if backend not in BACKENDS:
+            raise SoundwatchError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
+        auto = backend == "auto"
+        if auto:
+            backend = choose_backend(backend, loaded.name, resolve_device(device))
         if threads is not None and threads < 1:
             raise SoundwatchError(f"threads must be at least 1, got {threads}")
         self.loaded = loaded
@@ -102,10 +134,16 @@ class InferenceWorker:
             from soundwatch.models.onnx_backend import cached_onnx_tagger
 
             cache = cache_dir if cache_dir is not None else default_cache_dir()
-            self._onnx = cached_onnx_tagger(
-                self.model.to("cpu"), loaded.name, loaded.sha256, cache, threads
-            )
-        else:
+            try:
+                self._onnx = cached_onnx_tagger(
+                    self.model.to("cpu"), loaded.name, loaded.sha256, cache, threads
+                )
+            except Exception as error:  # auto falls back to torch; an explicit choice fails
+                if not auto:
+                    raise
+                log.warning("ONNX Runtime unusable (%s); backend auto uses torch", error)
+                self.backend = backend = "torch"
+        if backend == "torch":
             self.model.to(self.device)
             if channels_last is None:
                 channels_last = model_spec(loaded.name).family == "mn"

@@ -69,6 +69,7 @@ class LiveSettings:
     smoothing_width: float = 1.0
     mel: str = "auto"  # auto (while a subscriber asks for mel.) | on | off
     groups: GroupTable | None = None
+    backend: str = ""  # what runs the model ("onnx/cpu", "torch/cuda"), shown in status
     labels_sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -193,6 +194,7 @@ class LivePublisher:
             groups=self.group_thresholds(),
             events_window=events_window,
             events_hop=events_hop,
+            backend=s.backend,
             ended=report.ended,
             error=report.error or "",
         )

@@ -90,6 +90,7 @@ class Status(Envelope):
     groups: dict[str, float] = field(default_factory=dict)  # event group -> threshold_on
     events_window: float = 0.0  # the event detector's window series (0: events off)
     events_hop: float = 0.0
+    backend: str = ""  # what runs the model: "onnx/cpu", "torch/cpu", "torch/cuda"
     ended: bool = False  # the stream has ended: this is its last status
     error: str = ""  # why the stream stopped early ("" when it did not)
 
@@ -134,7 +135,7 @@ MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Stat
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
     "tags": frozenset({"smoothed", "groups", "head"}),
-    "status": frozenset({"groups", "events_window", "events_hop", "ended", "error"}),
+    "status": frozenset({"groups", "events_window", "events_hop", "ended", "error", "backend"}),
     "events": frozenset({"record_id"}),
     "mel": frozenset(),
 }
@@ -253,6 +254,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "head": (dict,),
     "events_window": _NUMBER,
     "events_hop": _NUMBER,
+    "backend": (str,),
     "ended": (bool,),
     "error": (str,),
     "bins": (int,),
