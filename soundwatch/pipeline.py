@@ -62,6 +62,7 @@ class StreamCounters:
     event_windows_dropped: int = 0  # the event detector's own windows, when separate
     resyncs: int = 0  # the source lost audio (device restart, overflow): windows restarted
     nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
+    paused_samples: int = 0  # not tagged: the stream was paused (runtime control)
 
 
 @dataclass
@@ -213,6 +214,7 @@ class StreamState:
         self.block_when_full = source.waits_when_behind
         self.on_frames = on_frames  # sees every mel frame batch (e.g. a live spectrogram)
         self.on_audio = on_audio  # sees every audio block (e.g. a recorder's audio ring)
+        self.paused = False  # set by runtime control; the stream's thread obeys at its next block
         self.counters = StreamCounters()
         self.first_t: float | None = None  # Unix time of the stream's very first sample
         self.last_t_end: float | None = None
@@ -249,6 +251,11 @@ class StreamState:
     # --- stream thread -------------------------------------------------------------
     def feed(self, block: AudioBlock, queue: WindowQueue) -> None:
         """Turn one block of audio into mel frames and queue the windows it completes."""
+        if self.paused:  # tag nothing; the audio so far ends its segment (events end)
+            if self._segment_origin is not None:
+                self.end_segment(queue, block.t_ingest)
+            self.counters.paused_samples += len(block.samples)
+            return
         if block.new_segment and self._segment_origin is not None:
             # The source lost audio (device restart, overflow, overrun): the frames before
             # and after must not share a window. Tag the tail, then start afresh.
