@@ -23,6 +23,7 @@ def _backbone_config(
     model_name: str | None,
     weights: Path | None,
     device: str | None,
+    backend: str | None,
     threads: int | None,
     window: float | None,
     hop: float | None,
@@ -35,6 +36,7 @@ def _backbone_config(
             "model.name": model_name,
             "model.weights": weights,
             "model.device": device,
+            "model.backend": backend,
             "model.threads": threads,
             "windows.window": window,
             "windows.hop": hop,
@@ -50,6 +52,7 @@ def _backbone_options(func):
         click.option("--window", type=float, help="seconds (default: the config's, 3)"),
         click.option("--hop", type=float, help="seconds (default: the config's, 0.5)"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--backend", help="torch | onnx (default: the config's)"),
         click.option("--threads", type=int),
     ]
     for option in reversed(options):
@@ -93,6 +96,7 @@ def learn(
     window: float | None,
     hop: float | None,
     device: str | None,
+    backend: str | None,
     threads: int | None,
 ) -> None:
     """Learn a head NAME that tags your own sounds from a few examples of each.
@@ -100,7 +104,7 @@ def learn(
     \b
     soundwatch learn home --examples doorbell=rec/doorbell/ --negatives rec/room.wav
     """
-    backbone = (config_path, model_name, weights, device, threads, window, hop)
+    backbone = (config_path, model_name, weights, device, backend, threads, window, hop)
     _user_errors(_learn)(name, examples, negatives, out, copies, hidden, seed, backbone)
 
 
@@ -175,10 +179,11 @@ def embed(
     window: float | None,
     hop: float | None,
     device: str | None,
+    backend: str | None,
     threads: int | None,
 ) -> None:
     """Write the backbone's embedding of every window of audio files."""
-    backbone = (config_path, model_name, weights, device, threads, window, hop)
+    backbone = (config_path, model_name, weights, device, backend, threads, window, hop)
     _user_errors(_embed)(paths, as_json, npy_out, backbone)
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,11 @@ def load_head(path: str | Path) -> Head:
         with np.load(path, allow_pickle=False) as z:
             contents = {name: z[name] for name in z.files}
         meta = json.loads(contents.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as error:
+    except zipfile.BadZipFile as error:
+        raise SoundwatchError(
+            f"head file {str(path)!r} is damaged ({error}); learn it again"
+        ) from None
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError) as error:
         raise SoundwatchError(
             f"{str(path)!r} is not a soundwatch head file ({error}); make one with soundwatch learn"
         ) from None
