@@ -223,7 +223,10 @@ def test_retention_keeps_the_clips_under_a_tiny_size_cap_while_running(tmp_path:
             rows = {r["id"]: r for r in history.query()}
             return (
                 ancient not in rows
-                and all(rows[i]["clip"] or rows[i]["clip_reason"] == SIZE_REASON for i in ids)
+                and all(
+                    i in rows and (rows[i]["clip"] or rows[i]["clip_reason"] == SIZE_REASON)
+                    for i in ids
+                )
                 and history.clip_bytes() <= cap
             )
 

@@ -18,6 +18,9 @@ import numpy as np
 from soundwatch.stream import AudioBlock
 from soundwatch.stream.resample import TARGET_RATE
 
+#: A block starting this far from where the last one ended starts a new segment.
+JUMP_S = 0.1
+
 
 @dataclass(frozen=True)
 class Cut:
@@ -49,10 +52,12 @@ class AudioRing:
 
     # --- stream thread -------------------------------------------------------------
     def write(self, block: AudioBlock) -> None:
-        """Append a block (a copy); a block flagged ``new_segment`` starts a new segment."""
+        """Append a block (a copy). A block flagged ``new_segment``, or one that does not
+        follow the last (the stream was paused), starts a new segment."""
         samples = block.samples
         with self._lock:
-            if block.new_segment or not self._segments:
+            head = self._head()
+            if block.new_segment or head is None or abs(block.t_start - head) > JUMP_S:
                 self._segments.append((self._written, block.t_start))
             n = len(samples)
             if n > self.capacity:
@@ -70,10 +75,13 @@ class AudioRing:
     def head_time(self) -> float | None:
         """Unix time just after the newest sample (None before any audio)."""
         with self._lock:
-            if not self._segments:
-                return None
-            index, t = self._segments[-1]
-            return t + (self._written - index) / self.rate
+            return self._head()
+
+    def _head(self) -> float | None:
+        if not self._segments:
+            return None
+        index, t = self._segments[-1]
+        return t + (self._written - index) / self.rate
 
     def cut(self, t_from: float, t_to: float, anchor: float) -> Cut | None:
         """The audio of ``[t_from, t_to)`` still held, within the segment that holds
