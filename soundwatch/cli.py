@@ -504,6 +504,10 @@ from soundwatch.heads.command import embed, learn  # noqa: E402 (registered afte
 main.add_command(learn)
 main.add_command(embed)
 
+from soundwatch.training.command import finetune  # noqa: E402 (registered after main)
+
+main.add_command(finetune)
+
 
 if __name__ == "__main__":
     main()
