@@ -14,7 +14,8 @@ them. Changing the meaning of a field needs a new schema version.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import functools
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -144,7 +145,9 @@ ADDED_FIELDS: dict[str, frozenset[str]] = {
 
 def encode(message: Envelope) -> tuple[bytes, bytes]:
     """Return ``(topic, payload)`` bytes for a message whose ``seq`` and ``t_pub`` are set."""
-    body = asdict(message)
+    # A shallow map of the fields: msgpack reads the nested lists and maps once, so the deep
+    # copy ``dataclasses.asdict`` makes was a third of the per-window publishing cost.
+    body = {name: getattr(message, name) for name in _field_names(type(message))}
     body["v"] = SCHEMA_VERSION
     body["kind"] = message.kind
     if isinstance(message, Tags):
@@ -156,6 +159,11 @@ def encode(message: Envelope) -> tuple[bytes, bytes]:
     elif isinstance(message, Mel):
         body["frames"] = np.ascontiguousarray(message.frames, dtype=np.uint8).tobytes()
     return message.topic.encode(), msgpack.packb(body, use_bin_type=True)
+
+
+@functools.cache
+def _field_names(cls: type[Envelope]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 def _float32_bytes(values: np.ndarray) -> bytes:
