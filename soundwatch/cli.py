@@ -163,6 +163,18 @@ def _setup_logging(verbose: bool) -> None:
     metavar="FILE",
     help="custom-sound head (soundwatch learn) or folder of heads (repeatable)",
 )
+@click.option(
+    "--control",
+    "control_at",
+    is_flag=False,
+    flag_value="tcp://127.0.0.1:5558",
+    default=None,
+    metavar="ENDPOINT",
+    help="listen for soundwatch ctl (default endpoint tcp://127.0.0.1:5558)",
+)
+@click.option(
+    "--persist", is_flag=True, default=None, help="keep runtime changes in an overlay file"
+)
 @click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
 @click.option("--loop/--no-loop", default=None, help="loop file sources")
 @click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
@@ -183,6 +195,8 @@ def run(
     dashboard_at: str | None,
     mqtt_broker: str | None,
     record_dir: Path | None,
+    control_at: str | None,
+    persist: bool | None,
     head_files: tuple[Path, ...],
     pace: str | None,
     loop: bool | None,
@@ -222,6 +236,8 @@ def run(
             "mqtt.broker": mqtt_broker,
             "recorder.enabled": True if record_dir else None,
             "recorder.dir": record_dir,
+            "control.endpoint": control_at,
+            "control.persist": persist,
             "heads.paths": [*config.heads.paths, *head_files] if head_files else None,
             **_model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
@@ -240,7 +256,7 @@ def run(
                 f"  watch it with: soundwatch tail --endpoint {endpoints_bound[0]}", err=True
             )
 
-    pipeline = run_live(config, on_ready=announce)
+    pipeline = run_live(config, on_ready=announce, config_path=config_path)
     for state in pipeline.streams:
         counters = {**vars(state.source.stats()), **vars(state.counters)}
         click.echo(f"soundwatch: stream {state.id} finished: {counters}", err=True)
@@ -498,6 +514,10 @@ main.add_command(mqtt)
 from soundwatch.recorder.command import events  # noqa: E402 (registered after main)
 
 main.add_command(events)
+
+from soundwatch.control.command import ctl  # noqa: E402 (registered after main)
+
+main.add_command(ctl)
 
 from soundwatch.heads.command import embed, learn  # noqa: E402 (registered after main)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from soundwatch.control.config import ControlConfig
 from soundwatch.dashboard.config import DashboardConfig
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
@@ -137,6 +138,7 @@ class Config(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
 
 def parse_config(data: Any, origin: str = "<config>") -> Config:

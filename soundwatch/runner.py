@@ -12,16 +12,17 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from soundwatch.attached import AttachedSubscribers
-from soundwatch.config import Config
+from soundwatch.config import Config, load_config
 from soundwatch.dsp import warmup as warmup_frontend
 from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
-from soundwatch.events import EventsConfig, EventsHandler, build_settings
+from soundwatch.events import DetectorSettings, EventsConfig, EventsHandler, build_settings
 from soundwatch.heads.live import HeadBank, HeadsHandler, RunBackbone
 from soundwatch.models import (
     ONTOLOGY_FILE,
@@ -32,6 +33,9 @@ from soundwatch.models import (
 )
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
 from soundwatch.recorder.recorder import Recorder
+
+if TYPE_CHECKING:
+    from soundwatch.control.server import ControlServer
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MelTap
 from soundwatch.sinks.messages import Event
@@ -75,14 +79,17 @@ class Tagger:
         """An event detector per stream, or None when events are disabled."""
         if not config.enabled:
             return None
+        return EventsHandler(self.events_settings(config), publish)
+
+    def events_settings(self, config: EventsConfig) -> DetectorSettings:
+        """The event groups of ``config`` resolved against this model's classes."""
         weights_dir = self.loaded.weights_path.parent
-        settings = build_settings(
+        return build_settings(
             config,
             self.loaded.labels,
             self.loaded.mids,
             find_ontology=lambda: resolve_bundle_file(ONTOLOGY_FILE, weights_dir),
         )
-        return EventsHandler(settings, publish)
 
     def head_bank(self, config: Config, events: EventsHandler | None = None) -> HeadBank | None:
         """The configured heads, checked against this model and window (None: no heads).
@@ -189,6 +196,7 @@ def run_live(
     tagger: Tagger | None = None,
     on_ready: Callable[[Pipeline, list[str], list[str]], None] | None = None,
     install_signal_handlers: bool = True,
+    config_path: Path | None = None,
 ) -> Pipeline:
     """Run the live pipeline until SIGINT/SIGTERM or until every source has ended.
 
@@ -206,6 +214,7 @@ def run_live(
     publisher = Publisher(outputs)
     mel_tap = MelTap()
     recorder: Recorder | None = None
+    control: ControlServer | None = None
     try:
         if attached.wanted:
             outputs.append(attached.bind())
@@ -247,6 +256,9 @@ def run_live(
             heads=heads,
         )
         pipeline.handlers.append(live)
+        control = _start_controls(config, config_path, tagger, events, pipeline, recorder, live)
+        if control is not None:
+            notes.append(f"control on {control.endpoint} (soundwatch ctl --endpoint ...)")
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):
@@ -256,12 +268,61 @@ def run_live(
             pipeline.run()
     finally:
         try:
+            if control is not None:
+                control.close()
             if recorder is not None:
                 recorder.close()
             attached.close()
         finally:
             publisher.close()
     return pipeline
+
+
+def _start_controls(
+    config: Config,
+    config_path: Path | None,
+    tagger: Tagger,
+    events: EventsHandler | None,
+    pipeline: Pipeline,
+    recorder: Recorder | None,
+    live: LivePublisher,
+) -> ControlServer | None:
+    """Runtime control (docs/control.md) when ``control.endpoint`` is set: changes are
+    written to the history, shown in status and, with ``control.persist``, kept in the
+    overlay file (applied here first)."""
+    from soundwatch.control.controls import Controls, overlay_path
+    from soundwatch.control.server import ControlServer
+
+    if config.control.endpoint is None:
+        return None
+
+    def reload() -> DetectorSettings:
+        if config_path is None:
+            raise SoundwatchError("nothing to reload: soundwatch was started without --config")
+        fresh = load_config(config_path)  # a bad file raises, naming the problem
+        if not fresh.events.enabled:
+            raise SoundwatchError("the reloaded config disables events; restart for that")
+        return tagger.events_settings(fresh.events)
+
+    def on_change(origin: str, command: str, detail: dict) -> None:
+        if recorder is not None:
+            recorder.record_change(origin, command, detail)
+        groups = live.settings.groups
+        if events is not None and groups is not None:  # status shows the new thresholds
+            thresholds = [float(t) for t in events.settings.thresholds.on]
+            live.settings = replace(live.settings, groups=replace(groups, thresholds=thresholds))
+
+    overlay = overlay_path(config_path, config.control.overlay) if config.control.persist else None
+    controls = Controls(events, pipeline.streams, reload, overlay, on_change)
+    if controls.apply_overlay():
+        log.info("applied the runtime changes kept in %s", overlay)
+        on_change("overlay", "start", {"overlay": str(overlay)})
+    previous = live.extra_counters
+    live.extra_counters = lambda stream: {
+        **(previous(stream) if previous is not None else {}),
+        **controls.counters(stream),
+    }
+    return ControlServer(config.control.endpoint, controls).start()
 
 
 def _stage_counters(

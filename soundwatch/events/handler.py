@@ -142,6 +142,35 @@ class EventsHandler:
             self._pending = self._effective()
             return self._group_settings(i)
 
+    def replace_settings(self, settings: DetectorSettings) -> None:
+        """Take every group's settings from ``settings`` (a reloaded config), all groups
+        enabled, from the next window on. The groups and windows must be the same (those
+        need a restart); otherwise nothing changes."""
+        old = self.settings
+        if settings.labels != old.labels:
+            added = sorted(set(settings.labels) - set(old.labels))
+            removed = sorted(set(old.labels) - set(settings.labels))
+            raise SoundwatchError(
+                f"the reloaded config changes the event groups (added: {added or 'none'}, "
+                f"removed: {removed or 'none'}); restart soundwatch for that"
+            )
+        same = (old.window_frames, old.hop_frames, old.step_frames)
+        if (settings.window_frames, settings.hop_frames, settings.step_frames) != same or (
+            settings.quantile,
+            settings.trim_s,
+            settings.smoothing,
+            settings.smoothing_width_s,
+        ) != (old.quantile, old.trim_s, old.smoothing, old.smoothing_width_s):
+            raise SoundwatchError(
+                "the reloaded config changes events.window, hop, step, agreement, trim or "
+                "smoothing; restart soundwatch for that (thresholds, min_duration and "
+                "max_gap change live)"
+            )
+        with self._lock:
+            self.settings = replace(old, thresholds=settings.thresholds)
+            self.enabled[:] = True
+            self._pending = self._effective()
+
     def _effective(self) -> Thresholds:
         """The thresholds the detectors use: infinite for disabled groups."""
         t = self.settings.thresholds

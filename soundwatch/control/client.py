@@ -1,0 +1,43 @@
+"""Ask a running soundwatch's control endpoint (torch-free: ``soundwatch ctl`` uses it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from soundwatch.errors import SoundwatchError
+
+#: Seconds to wait for an answer.
+TIMEOUT_S = 5.0
+
+
+class ControlRejected(SoundwatchError):
+    """The endpoint answered and refused the request (the text says why)."""
+
+
+def request(endpoint: str, cmd: str, timeout: float = TIMEOUT_S, **args: Any) -> Any:
+    """Send one command; return its result, or raise :class:`ControlRejected` (refused) or
+    :class:`SoundwatchError` (no answer)."""
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    try:
+        socket.connect(endpoint)
+        socket.send_json({"cmd": cmd, **args})
+        reply = socket.recv_json()
+    except zmq.Again:
+        raise SoundwatchError(
+            f"no answer from {endpoint} within {timeout:g} s; is soundwatch run --control "
+            f"{endpoint} running?"
+        ) from None
+    except zmq.ZMQError as error:
+        raise SoundwatchError(f"cannot reach the control endpoint {endpoint}: {error}") from None
+    finally:
+        socket.close()
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise SoundwatchError(f"{endpoint} did not answer as a soundwatch control endpoint")
+    if not reply["ok"]:
+        raise ControlRejected(str(reply.get("error", "rejected")))
+    return reply.get("result")
