@@ -24,7 +24,7 @@ from soundwatch.events.detector import DetectorSettings, EventDetector
 from soundwatch.events.hysteresis import Thresholds
 from soundwatch.results import EVENTS, WindowResult
 from soundwatch.sinks.messages import Event
-from soundwatch.validation import check_off_not_above_on, format_validation_error
+from soundwatch.validation import check_off_not_above_on
 
 #: What a runtime change may set, per group.
 GROUP_KEYS = ("threshold_on", "threshold_off", "min_duration", "max_gap", "enabled")
@@ -120,10 +120,14 @@ class EventsHandler:
                 checked = GroupConfig.model_validate({"labels": [name], **numbers})
                 check_off_not_above_on(checked.threshold_off, checked.threshold_on)
             except ValidationError as error:
-                message = format_validation_error(error, f"the change to group {name}")
-                raise SoundwatchError(message.replace("labels.", "")) from None
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'thresholds'}: "
+                    f"{e['msg'].removeprefix('Value error, ')}"
+                    for e in error.errors()
+                )
+                raise SoundwatchError(f"rejected change to group {name}: {problems}") from None
             except ValueError as error:
-                raise SoundwatchError(f"the change to group {name} is invalid: {error}") from None
+                raise SoundwatchError(f"rejected change to group {name}: {error}") from None
             flag = values["enabled"]
             if not isinstance(flag, bool):
                 raise SoundwatchError(
