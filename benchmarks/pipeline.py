@@ -23,8 +23,10 @@ model at batch 1, per window), and **bound**, the bare ONNX Runtime fp32 forward
 best batch size with no pipeline around it (the tag series only, as the issue defines it;
 ``bound_all_series`` also counts a separate event window series).
 
-Random weights (seeded, batch norms calibrated) unless ``--weights``: speed does not depend
-on them.
+Weights: mn04 runs its real checkpoint from ``../shared`` when there (random weights fire
+events on every other window, which is not what rooms do); other models run random
+weights (seeded, batch norms calibrated: the model's speed does not depend on them, but
+the event detector's work per window is overstated); ``--weights PATH|random`` chooses.
 
     .venv/bin/python benchmarks/pipeline.py --streams 16 --seconds 30 --json
     .venv/bin/python benchmarks/pipeline.py --find-capacity --model mn10 --window 10 --hop 1
@@ -53,6 +55,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
 CLIPS = SHARED / "audio" / "clips"
+MN04 = SHARED / "models" / "mn04_as_mAP_432.pt"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -119,7 +122,7 @@ def thread_cpu() -> dict[int, float]:
 def thread_group(name: str) -> str:
     if name.startswith("stream-"):
         return "stream threads"
-    if name in ("inference", "MainThread"):
+    if name in ("inference", "capture", "MainThread"):
         return name
     return "other python"
 
@@ -133,8 +136,11 @@ def build_tagger(args: argparse.Namespace) -> Any:
     from soundwatch.models.weights import LABELS_FILE, resolve_bundle_file
     from soundwatch.runner import Tagger
 
-    if args.weights:
-        loaded = load_model(args.model, args.weights)
+    weights = args.weights
+    if weights is None and args.model == "mn04" and MN04.is_file():
+        weights = str(MN04)  # real weights: realistic event rates (random ones flap)
+    if weights and weights != "random":
+        loaded = load_model(args.model, weights)
     else:
         sys.path.insert(0, str(HERE))
         from models import calibrated, weights_key
@@ -172,6 +178,8 @@ def run_once(args: argparse.Namespace) -> dict:
     from soundwatch.config import Config, apply_overrides
     from soundwatch.runner import run_live
 
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     started = time.monotonic()
     tagger = build_tagger(args)
     load_s = time.monotonic() - started
@@ -395,6 +403,36 @@ def find_capacity(args: argparse.Namespace) -> dict:
     }
 
 
+def plot(results: list[dict], path: Path) -> None:
+    """Latency (p50, p99) and CPU cores against streams, one line per capacity search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(10, 4))
+    for result in results:
+        trials = sorted(result["trials"], key=lambda t: t["streams"])
+        n = [t["streams"] for t in trials]
+        name = f"{result['model']} {result['window']:g} s / {result['hop']:g} s"
+        line = lat.plot(n, [t["latency_p99_ms"] / 1000 for t in trials], "o-", label=f"{name} p99")
+        lat.plot(
+            n,
+            [t["latency_p50_ms"] / 1000 for t in trials],
+            "x--",
+            color=line[0].get_color(),
+            label=f"{name} p50",
+        )
+        cpu.plot(n, [t["cpu_cores_used"] for t in trials], "o-", label=name)
+    lat.axhline(1.5, color="grey", linestyle=":", label="1.5 s limit")
+    lat.set(xlabel="streams", ylabel="capture-to-arrival latency (s)", yscale="log")
+    cpu.set(xlabel="streams", ylabel="CPU cores used", ylim=(0, os.cpu_count() or 2))
+    lat.legend(fontsize=7)
+    cpu.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=8)
@@ -408,6 +446,7 @@ def main() -> int:
     parser.add_argument("--source", choices=("file", "synthetic"), default="file")
     parser.add_argument("--max-pending", type=int)
     parser.add_argument("--max-batch", type=int)
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, s")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--find-capacity", action="store_true")
     parser.add_argument("--start", type=int, default=8, help="first stream count tried")
@@ -415,12 +454,25 @@ def main() -> int:
     parser.add_argument("--resolution", type=float, default=0.05, help="search stops here")
     parser.add_argument("--max-p99", type=float, default=1.5, help="seconds")
     parser.add_argument("--runs", type=int, default=7, help="repetitions of naive/bound")
+    parser.add_argument(
+        "--plot",
+        help="with --find-capacity: also plot to this PNG, adding "
+        "to the searches already in its .json beside it",
+    )
     parser.add_argument("--subscribe", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.subscribe:
         subscribe(args.subscribe, args.streams, idle_s=60.0)
         return 0
     result = find_capacity(args) if args.find_capacity else run_once(args)
+    if args.find_capacity and args.plot:
+        store = Path(args.plot).with_suffix(".json")
+        previous = json.loads(store.read_text()) if store.is_file() else []
+        key = (result["model"], result["window"], result["hop"])
+        searches = [r for r in previous if (r["model"], r["window"], r["hop"]) != key]
+        searches.append(result)
+        store.write_text(json.dumps(searches, indent=1) + "\n")
+        plot(searches, Path(args.plot))
     if args.json:
         print(json.dumps(result))
     else:

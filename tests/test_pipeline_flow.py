@@ -189,6 +189,34 @@ def test_live_stream_drops_while_a_waiting_stream_beside_it_loses_nothing() -> N
     assert mic_starts[-1] == 900  # the newest windows survive
 
 
+def test_live_streams_share_one_capture_thread_and_each_keeps_its_order() -> None:
+    """Twelve live sources are served by one capture thread (a waiting source keeps its
+    own); every window of every stream arrives, in each stream's time order, and the
+    on_audio tap sees each stream's blocks in order."""
+    live = [ScriptedSource(f"mic{i}", blocks=30) for i in range(12)]
+    fast = ScriptedSource("file", blocks=30, waits=True)
+    seen: dict[str, list[float]] = {}
+    collector = Collector()
+    pipeline = Pipeline(
+        [*live, fast],
+        zeros_infer,
+        [collector],
+        window_s=1.0,
+        hop_s=0.5,
+        on_audio=lambda stream, block: seen.setdefault(stream, []).append(block.t_start),
+    )
+    pipeline.start()
+    assert sorted(t.name for t in pipeline._threads) == ["capture", "stream-file"]
+    assert pipeline.wait(timeout=60)
+    assert not pipeline.errors
+    for source in [*live, fast]:
+        starts = [r.start_frame for r in collector.results if r.stream == source.id]
+        assert starts == [0, 50, 100, 150, 200], source.id  # 3 s: 5 windows, in order
+        assert seen[source.id] == [1000.0 + 0.1 * i for i in range(30)]
+        assert source.stopped
+    assert all(state.ended for state in pipeline.streams)
+
+
 class EndRecorder(Collector):
     """Records, for each stream end, which streams were still running at that moment."""
 
