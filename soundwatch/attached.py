@@ -18,6 +18,7 @@ from soundwatch.sinks.publisher import ZmqOutput
 
 if TYPE_CHECKING:
     from soundwatch.dashboard.server import DashboardServer
+    from soundwatch.metrics.exporter import MetricsExporter
     from soundwatch.mqtt.bridge import MqttBridge
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,15 @@ class AttachedSubscribers:
         self.output: ZmqOutput | None = None
         self.dashboard: DashboardServer | None = None
         self.bridge: MqttBridge | None = None
+        self.metrics: MetricsExporter | None = None
 
     @property
     def wanted(self) -> bool:
-        return self.config.dashboard.enabled or self.config.mqtt.broker is not None
+        return (
+            self.config.dashboard.enabled
+            or self.config.mqtt.broker is not None
+            or self.config.metrics.enabled
+        )
 
     def bind(self) -> ZmqOutput:
         """The output the publisher must also send to (bound before anything connects)."""
@@ -55,7 +61,9 @@ class AttachedSubscribers:
                 from soundwatch.dashboard.server import DashboardServer
 
                 dash = self.config.dashboard
-                self.dashboard = DashboardServer(endpoints, dash.host, dash.port).start()
+                self.dashboard = DashboardServer(
+                    endpoints, dash.host, dash.port, token=dash.token
+                ).start()
                 started.append(f"dashboard on {self.dashboard.url}")
             if self.config.mqtt.broker is not None:
                 from soundwatch.mqtt.bridge import MqttBridge
@@ -63,6 +71,12 @@ class AttachedSubscribers:
                 self.bridge = MqttBridge(endpoints, self.config.mqtt)
                 self.bridge.start()
                 started.append(f"MQTT to {self.config.mqtt.broker.rpartition('@')[2]}")
+            if self.config.metrics.enabled:
+                from soundwatch.metrics.exporter import MetricsExporter
+
+                metrics = self.config.metrics
+                self.metrics = MetricsExporter(endpoints, metrics.host, metrics.port).start()
+                started.append(f"metrics on {self.metrics.url}")
         except BaseException:
             self.close()
             raise
@@ -83,3 +97,6 @@ class AttachedSubscribers:
         if self.dashboard is not None:
             self.dashboard.close()
             self.dashboard = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None

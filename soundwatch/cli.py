@@ -17,6 +17,7 @@ import click
 
 from soundwatch import __version__
 from soundwatch.errors import SoundwatchError
+from soundwatch.security.command import curve_client_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -164,6 +165,30 @@ def _setup_logging(verbose: bool) -> None:
     help="custom-sound head (soundwatch learn) or folder of heads (repeatable)",
 )
 @click.option(
+    "--dashboard-token",
+    envvar="SOUNDWATCH_DASHBOARD_TOKEN",
+    metavar="TOKEN",
+    help="token the dashboard page asks for (required when --dashboard is not loopback)",
+)
+@click.option(
+    "--metrics",
+    "metrics_at",
+    metavar="[HOST:]PORT",
+    help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given)",
+)
+@click.option(
+    "--curve-secret",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="SERVER.key_secret",
+    help="CURVE: encrypt the endpoints with this secret key (with --curve-allow)",
+)
+@click.option(
+    "--curve-allow",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="CURVE: serve only clients whose public .key file is in DIR",
+)
+@click.option(
     "--control",
     "control_at",
     is_flag=False,
@@ -198,6 +223,10 @@ def run(
     control_at: str | None,
     persist: bool | None,
     head_files: tuple[Path, ...],
+    dashboard_token: str | None,
+    metrics_at: str | None,
+    curve_secret: Path | None,
+    curve_allow: Path | None,
     pace: str | None,
     loop: bool | None,
     model_name: str | None,
@@ -218,6 +247,9 @@ def run(
     dashboard_host, dashboard_port = (
         parse_listen_address(dashboard_at) if dashboard_at else (None, None)
     )
+    metrics_host, metrics_port = (
+        parse_listen_address(metrics_at, what="metrics") if metrics_at else (None, None)
+    )
     config = load_config(config_path)
     source_configs = sources_from_args(sources, loop) if sources else None
     if source_configs is None and loop is not None:  # --loop applies to the config's sources
@@ -234,6 +266,12 @@ def run(
             "dashboard.host": dashboard_host,
             "dashboard.port": dashboard_port,
             "mqtt.broker": mqtt_broker,
+            "dashboard.token": dashboard_token,
+            "metrics.enabled": True if metrics_at else None,
+            "metrics.host": metrics_host,
+            "metrics.port": metrics_port,
+            "security.curve_secret": curve_secret,
+            "security.curve_allow": curve_allow,
             "recorder.enabled": True if record_dir else None,
             "recorder.dir": record_dir,
             "control.endpoint": control_at,
@@ -439,6 +477,7 @@ def _print_events(path: str, tagged: Any, as_json: bool) -> None:
 @click.option("--top", "top_k", type=click.IntRange(1, 527), default=3, show_default=True)
 @click.option("--count", type=int, default=None, help="exit after this many messages")
 @click.option("--timeout", type=float, default=None, help="exit after this many quiet seconds")
+@curve_client_options
 @user_errors
 def tail(
     endpoint: str,
@@ -447,17 +486,20 @@ def tail(
     top_k: int,
     count: int | None,
     timeout: float | None,
+    curve_secret: Path | None,
+    curve_server: Path | None,
 ) -> None:
     """Show live tags, events and status from a running soundwatch."""
     import json
     import time
 
-    from soundwatch.client import Subscriber
+    from soundwatch.client import CurveClient, Subscriber
     from soundwatch.sinks.messages import Event, Status, Tags
     from soundwatch.sinks.publisher import to_json
 
     seen = 0
-    with Subscriber(endpoint, topics=list(topics) or None) as subscriber:
+    curve = CurveClient.from_options(curve_secret, curve_server)
+    with Subscriber(endpoint, topics=list(topics) or None, curve=curve) as subscriber:
         click.echo(f"listening on {endpoint} (Ctrl-C to stop)", err=True)
         try:
             while count is None or seen < count:
@@ -510,6 +552,12 @@ main.add_command(dashboard)
 from soundwatch.mqtt.command import mqtt  # noqa: E402 (registered after main)
 
 main.add_command(mqtt)
+
+from soundwatch.health import health  # noqa: E402 (registered after main)
+from soundwatch.security.command import keys  # noqa: E402
+
+main.add_command(health)
+main.add_command(keys)
 
 from soundwatch.recorder.command import events  # noqa: E402 (registered after main)
 

@@ -6,6 +6,9 @@
         for message in sub:
             print(message.stream, message.top[:3], sub.gaps)
 
+With CURVE (``soundwatch run --curve-secret ... --curve-allow DIR``), pass this client's
+keys: ``Subscriber(endpoint, curve=CurveClient("me.key_secret", "server.key"))``.
+
 Probabilities arrive as numpy float32 arrays. A gap in a topic's ``seq`` (messages this
 subscriber missed, for example because it read too slowly and ZeroMQ dropped them at the
 high-water mark) is counted in :attr:`Subscriber.missed` per topic.
@@ -19,7 +22,10 @@ from types import TracebackType
 
 import zmq
 
+from soundwatch.security.curve import CurveClient, client_monitor
 from soundwatch.sinks.messages import Envelope, MalformedMessage, decode
+
+__all__ = ["CurveClient", "MalformedMessage", "Subscriber", "decode"]
 
 
 class Subscriber:
@@ -31,12 +37,21 @@ class Subscriber:
         topics: list[str] | None = None,
         high_water_mark: int = 1000,
         context: zmq.Context | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
-        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+        endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self._monitor = None
+        if curve is not None:
+            curve.secure(self.socket)
+            # A refused key or a wrong server key shows up only as silence: say why.
+            self._monitor, self._refusals = client_monitor(
+                self.socket, f"subscriber of {', '.join(endpoints)}"
+            )
+        for endpoint in endpoints:
             self.socket.connect(endpoint)
         for topic in topics or [""]:
             self.socket.setsockopt_string(zmq.SUBSCRIBE, topic)
@@ -85,8 +100,16 @@ class Subscriber:
             if message is not None:
                 yield message
 
+    @property
+    def refused(self) -> dict[str, int]:
+        """Failed CURVE handshakes by kind (``unknown_key``: the server does not allow this
+        client; ``bad_handshake``: wrong server key; ``plaintext``: the server has no CURVE)."""
+        return dict(self._refusals.counts) if self._monitor is not None else {}
+
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.stop()
 
     def __enter__(self) -> Subscriber:
         return self

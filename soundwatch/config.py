@@ -19,9 +19,11 @@ from soundwatch.dashboard.config import DashboardConfig
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.heads.config import HeadsConfig
+from soundwatch.metrics.config import MetricsConfig
 from soundwatch.model_catalog import MODEL_NAMES
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.recorder.config import RecorderConfig
+from soundwatch.security.config import SecurityConfig
 from soundwatch.sinks.smoothing import SMOOTHING_METHODS
 from soundwatch.stream import check_source_spec
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
@@ -136,6 +138,8 @@ class Config(StrictModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)

@@ -24,6 +24,7 @@ from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import DetectorSettings, EventsConfig, EventsHandler, build_settings
 from soundwatch.heads.live import HeadBank, HeadsHandler, RunBackbone
+from soundwatch.metrics.inference import InferenceStats
 from soundwatch.models import (
     ONTOLOGY_FILE,
     InferenceWorker,
@@ -36,6 +37,7 @@ from soundwatch.recorder.recorder import Recorder
 
 if TYPE_CHECKING:
     from soundwatch.control.server import ControlServer
+from soundwatch.security.curve import CurveServer
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MelTap
 from soundwatch.sinks.messages import Event
@@ -181,7 +183,15 @@ def build_outputs(config: Config) -> list[Output]:
     outputs: list[Output] = []
     try:
         if config.publish.endpoints:
-            outputs.append(ZmqOutput(config.publish.endpoints, config.publish.high_water_mark))
+            security = config.security
+            curve = (
+                CurveServer(security.curve_secret, security.curve_allow)
+                if security.curve_secret is not None and security.curve_allow is not None
+                else None
+            )
+            outputs.append(
+                ZmqOutput(config.publish.endpoints, config.publish.high_water_mark, curve=curve)
+            )
         if config.publish.jsonl:
             outputs.append(JsonLinesOutput(config.publish.jsonl))
     except BaseException:
@@ -226,9 +236,10 @@ def run_live(
             recorder = Recorder(
                 config.recorder, tagger.labels, tagger.loaded.name, streams=[s.id for s in sources]
             )
+        inference = InferenceStats(tagger.worker.infer)  # batch sizes and times, for status
         pipeline = Pipeline(
             sources,
-            tagger.worker.infer,
+            inference.infer,
             [],
             window_s=config.windows.window,
             hop_s=config.windows.hop,
@@ -254,6 +265,7 @@ def run_live(
             extra_counters=_stage_counters(events, recorder, heads),
             mel_tap=mel_tap,
             heads=heads,
+            inference=inference.snapshot,
         )
         pipeline.handlers.append(live)
         control = _start_controls(config, config_path, tagger, events, pipeline, recorder, live)

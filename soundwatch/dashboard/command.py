@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from soundwatch.dashboard import DEFAULT_HOST, DEFAULT_PORT
+from soundwatch.security.command import curve_client_options
 
 
 @click.command("dashboard")
@@ -23,18 +26,35 @@ from soundwatch.dashboard import DEFAULT_HOST, DEFAULT_PORT
     show_default=True,
     help="port to serve on (0: any free port)",
 )
-def dashboard(endpoints: tuple[str, ...], host: str, port: int) -> None:
+@click.option(
+    "--token",
+    envvar="SOUNDWATCH_DASHBOARD_TOKEN",
+    help="access token the page asks for (required unless --host is loopback)",
+)
+@curve_client_options
+def dashboard(
+    endpoints: tuple[str, ...],
+    host: str,
+    port: int,
+    token: str | None,
+    curve_secret: Path | None,
+    curve_server: Path | None,
+) -> None:
     """Serve a live web page of what a running pipeline hears (until Ctrl-C).
 
     Per stream: the top labels, a timeline of the labels and event groups of the last
     minutes, the event log, health and a live spectrogram. Everything is served locally.
     """
     from soundwatch.cli import user_errors
+    from soundwatch.client import CurveClient
     from soundwatch.dashboard.server import DashboardServer
 
     @user_errors
     def serve() -> None:
-        server = DashboardServer(list(endpoints) or ["tcp://127.0.0.1:5557"], host, port)
+        curve = CurveClient.from_options(curve_secret, curve_server)
+        server = DashboardServer(
+            list(endpoints) or ["tcp://127.0.0.1:5557"], host, port, token=token, curve=curve
+        )
         server.start()
         click.echo(
             f"soundwatch: dashboard on {server.url} (subscribed to "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -30,13 +32,20 @@ import uvicorn
 import zmq
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from soundwatch.client import Subscriber
+from soundwatch.client import CurveClient, Subscriber
+from soundwatch.dashboard.config import check_token_needed
 from soundwatch.dashboard.state import DashboardState
 from soundwatch.errors import SoundwatchError
 from soundwatch.sinks.messages import Envelope
@@ -171,6 +180,74 @@ class LocalHostsOnly:
         await self.app(scope, receive, send)
 
 
+TOKEN_COOKIE = "soundwatch_token"
+LOGIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>soundwatch: token needed</title></head>
+<body style="font-family:sans-serif;max-width:30em;margin:4em auto">
+<h1>soundwatch</h1><p>This dashboard asks for its access token.</p>
+<form method="get" action="/"><input name="token" type="password" autofocus size="40"
+ aria-label="token"> <button>Open</button></form>
+<p>{reason}</p></body></html>"""
+
+
+class TokenGate:
+    """With a token, every request needs it: ``?token=...`` in the address (then a cookie
+    keeps it, so the WebSocket and later visits carry it), the cookie, or an
+    ``Authorization: Bearer`` header. Without it, the page asks for the token and the
+    WebSocket is refused (close code 1008)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+        self.cookie = _token_digest(token) if token is not None else ""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope) if scope["type"] == "http" else WebSocket(scope, receive, send)
+        given = request.query_params.get("token")
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        from_url = given is not None and hmac.compare_digest(given, self.token)
+        allowed = (
+            from_url
+            or hmac.compare_digest(request.cookies.get(TOKEN_COOKIE, ""), self.cookie)
+            or (bool(bearer) and hmac.compare_digest(bearer, self.token))
+        )
+        if allowed:
+            if from_url and scope["type"] == "http":
+                send = self._with_cookie(send)
+            await self.app(scope, receive, send)
+            return
+        log.warning("dashboard: refused a request for %s without the token", scope["path"])
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["path"] == "/":
+            reason = "Wrong token." if given is not None else ""
+            response: Response = HTMLResponse(LOGIN_PAGE.format(reason=reason), 401)
+        else:
+            response = PlainTextResponse("the dashboard token is needed", 401)
+        await response(scope, receive, send)
+
+    def _with_cookie(self, send: Send) -> Send:
+        cookie = f"{TOKEN_COOKIE}={self.cookie}; Path=/; HttpOnly; SameSite=Strict"
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"set-cookie", cookie.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return sending
+
+
+def _token_digest(token: str) -> str:
+    """What the cookie holds: a digest, so the token itself is not stored in the browser."""
+    return hmac.new(token.encode(), b"soundwatch-dashboard", hashlib.sha256).hexdigest()
+
+
 def connectable(endpoint: str) -> str:
     """A bound endpoint as a subscriber connects to it: ``tcp://*:5557`` and
     ``tcp://0.0.0.0:5557`` (all interfaces) are reached on the loopback address."""
@@ -206,9 +283,22 @@ class DashboardServer:
     (``url`` tells which). ``close()`` stops the web server and the subscriber.
     """
 
-    def __init__(self, endpoints: list[str], host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self,
+        endpoints: list[str],
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        curve: CurveClient | None = None,
+    ) -> None:
         if not endpoints:
             raise SoundwatchError("the dashboard needs at least one endpoint to subscribe to")
+        try:
+            check_token_needed(host, token)
+        except ValueError as error:
+            raise SoundwatchError(str(error)) from None
+        self.token = token
+        self.curve = curve
         self.endpoints = [connectable(endpoint) for endpoint in endpoints]
         self.host = host
         self.port = port
@@ -313,7 +403,7 @@ class DashboardServer:
 
     def _subscribe(self) -> Subscriber:
         try:
-            return Subscriber(self.endpoints, topics=TOPICS)
+            return Subscriber(self.endpoints, topics=TOPICS, curve=self.curve)
         except zmq.ZMQError as error:
             raise SoundwatchError(
                 f"cannot subscribe to {', '.join(self.endpoints)}: {error.strerror}; expected "
@@ -349,7 +439,7 @@ class DashboardServer:
             lifespan=lifespan,
         )
         loopback = _is_loopback_name(self.host)
-        return LocalHostsOnly(app, loopback)
+        return LocalHostsOnly(TokenGate(app, self.token), loopback)
 
     async def _index(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from soundwatch.client import Subscriber
+from soundwatch.client import CurveClient, Subscriber
 from soundwatch.errors import SoundwatchError
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.mqtt.discovery import (
@@ -88,13 +88,16 @@ class MqttBridge:
     ``close()`` turns every state OFF, says ``offline`` and disconnects cleanly.
     """
 
-    def __init__(self, endpoints: list[str] | str, config: MqttConfig) -> None:
+    def __init__(
+        self, endpoints: list[str] | str, config: MqttConfig, curve: CurveClient | None = None
+    ) -> None:
         if config.broker is None:
             raise SoundwatchError(
                 "no MQTT broker given: pass --broker mqtt://HOST[:PORT] (or set mqtt.broker)"
             )
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.config = config
+        self.curve = curve  # CURVE keys for the ZeroMQ side, if the publisher uses CURVE
         self.address = config.address
         self.topics = Topics(config.prefix, config.node_id)
         self.counters = BridgeCounters()
@@ -280,7 +283,7 @@ class MqttBridge:
 
     def _run(self) -> None:
         try:
-            with Subscriber(self.endpoints, topics=SUBSCRIBED) as subscriber:
+            with Subscriber(self.endpoints, topics=SUBSCRIBED, curve=self.curve) as subscriber:
                 while not self._stop.is_set():
                     self._housekeeping()
                     self._take(subscriber)

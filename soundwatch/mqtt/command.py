@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.security.command import curve_client_options
 
 
 @click.command("mqtt")
@@ -32,6 +33,7 @@ from soundwatch.errors import SoundwatchError
 @click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path), help="mqtts: its key")
 @click.option("--insecure", is_flag=True, help="mqtts: skip the broker host name check")
 @click.option("--queue-size", type=int, help="events kept while the broker is away (1000)")
+@curve_client_options
 @click.option("-v", "--verbose", is_flag=True)
 def mqtt(
     endpoints: tuple[str, ...],
@@ -44,6 +46,8 @@ def mqtt(
     keyfile: Path | None,
     insecure: bool,
     queue_size: int | None,
+    curve_secret: Path | None,
+    curve_server: Path | None,
     verbose: bool,
 ) -> None:
     """Publish sound events to MQTT with Home Assistant discovery, until Ctrl-C.
@@ -54,6 +58,7 @@ def mqtt(
     try:
         _bridge(
             list(endpoints),
+            (curve_secret, curve_server),
             {
                 "broker": broker,
                 "prefix": prefix,
@@ -74,11 +79,14 @@ def mqtt(
         sys.exit(1)
 
 
-def _bridge(endpoints: list[str], options: dict, verbose: bool) -> None:
+def _bridge(
+    endpoints: list[str], curve_files: tuple[Path | None, Path | None], options: dict, verbose: bool
+) -> None:
     import logging
     import signal
     import threading
 
+    from soundwatch.client import CurveClient
     from soundwatch.mqtt.bridge import MqttBridge
     from soundwatch.mqtt.config import MqttConfig
     from soundwatch.validation import parse_section
@@ -92,7 +100,7 @@ def _bridge(endpoints: list[str], options: dict, verbose: bool) -> None:
     options["tls"] = {k: v for k, v in options["tls"].items() if v is not None}
     given = {k: v for k, v in options.items() if v is not None and v != {}}
     config = parse_section(MqttConfig, given, "the command line options", ("mqtt",))
-    bridge = MqttBridge(endpoints, config)
+    bridge = MqttBridge(endpoints, config, curve=CurveClient.from_options(*curve_files))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

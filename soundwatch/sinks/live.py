@@ -101,6 +101,7 @@ class LivePublisher:
         extra_counters: Callable[[str], dict[str, int]] | None = None,
         mel_tap: MelTap | None = None,
         heads: HeadFields | None = None,
+        inference: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.publisher = publisher
         self.settings = settings
@@ -108,6 +109,7 @@ class LivePublisher:
         self.extra_counters = extra_counters
         self.mel_tap = mel_tap
         self.heads = heads
+        self.inference = inference  # the run's inference batch counters, for status
         self.latencies: dict[str, deque[float]] = {}
         self.smoothers: dict[str, TagSmoother] = {}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
@@ -194,6 +196,7 @@ class LivePublisher:
             groups=self.group_thresholds(),
             events_window=events_window,
             events_hop=events_hop,
+            inference=self.inference() if self.inference is not None else {},
             backend=s.backend,
             ended=report.ended,
             error=report.error or "",

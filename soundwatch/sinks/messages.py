@@ -137,7 +137,9 @@ MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Stat
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
     "tags": frozenset({"smoothed", "groups", "head"}),
-    "status": frozenset({"inference", "groups", "events_window", "events_hop", "ended", "error", "backend"}),
+    "status": frozenset(
+        {"inference", "groups", "events_window", "events_hop", "ended", "error", "backend"}
+    ),
     "events": frozenset({"record_id"}),
     "mel": frozenset(),
 }
@@ -331,8 +333,7 @@ def _check_types(kind: str, topic: bytes, body: dict[str, Any]) -> None:
     if kind == "status":
         for name in ("counters", "latency", "inference"):
             if not all(
-                isinstance(k, str) and isinstance(v, _NUMBER)
-                for k, v in body.get(name, {}).items()
+                isinstance(k, str) and isinstance(v, _NUMBER) for k, v in body.get(name, {}).items()
             ):
                 raise MalformedMessage(f"status message on topic {topic!r}: {name} not numbers")
         if not all(isinstance(label, str) for label in body["labels"]):

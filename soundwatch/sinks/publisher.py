@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections import Counter, defaultdict
@@ -20,7 +21,10 @@ import numpy as np
 import zmq
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.security.curve import CurveServer, ServerGuard, is_loopback_endpoint
 from soundwatch.sinks.messages import SCHEMA_VERSION, Envelope, Mel, Tags, encode
+
+log = logging.getLogger(__name__)
 
 
 class Output(Protocol):
@@ -49,9 +53,15 @@ class ZmqOutput:
         endpoints: list[str],
         high_water_mark: int = 1000,
         context: zmq.Context | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
-        self._context = context or zmq.Context.instance()
+        # CURVE authenticates through ZAP, one handler per context: such a socket gets its own.
+        self._owned_context = zmq.Context() if curve is not None and context is None else None
+        self._context = self._owned_context or context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.XPUB)
+        self.guard: ServerGuard | None = None
+        if curve is not None:
+            self.guard = curve.secure(self.socket, f"publisher {', '.join(endpoints)}")
         self.subscriptions = 0
         self.topics: Counter[bytes] = Counter()  # live subscriptions per topic prefix
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
@@ -60,10 +70,17 @@ class ZmqOutput:
         self.socket.setsockopt(zmq.LINGER, 500)  # ms to flush the last messages on close
         self.endpoints: list[str] = []
         for endpoint in endpoints:
+            if curve is None and not is_loopback_endpoint(endpoint):
+                log.warning(
+                    "publishing on %s without CURVE: anyone on the network can subscribe and "
+                    "read what the microphones hear; see docs/reliability.md (--curve-secret, "
+                    "--curve-allow)",
+                    endpoint,
+                )
             try:
                 self.socket.bind(endpoint)
             except zmq.ZMQError as error:
-                self.socket.close(linger=0)
+                self.close(linger=0)
                 hint = (
                     "another process (maybe another soundwatch run) uses it; pick another "
                     "port with --publish"
@@ -75,6 +92,8 @@ class ZmqOutput:
                 ) from None
             # tcp://*:0 binds a random port: report the real one.
             self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        if self.guard is not None:
+            self.guard.refusals.where = f"publisher on {', '.join(self.endpoints)}"
 
     def wait_for_subscribers(self, count: int, timeout: float) -> bool:
         """Wait until ``count`` subscriptions (one per topic prefix a subscriber asks for)
@@ -111,8 +130,12 @@ class ZmqOutput:
         self.socket.send_multipart([topic, payload], flags=zmq.NOBLOCK)
         self._read_subscriptions()  # keep the subscription queue drained
 
-    def close(self) -> None:
-        self.socket.close()
+    def close(self, linger: int | None = None) -> None:
+        self.socket.close(linger=linger)
+        if self.guard is not None:
+            self.guard.close()
+        if self._owned_context is not None:
+            self._owned_context.term()  # waits (up to the linger) for the last messages
 
 
 class JsonLinesOutput:
