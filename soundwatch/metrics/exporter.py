@@ -26,6 +26,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from soundwatch.client import CurveClient, Subscriber
 from soundwatch.errors import SoundwatchError
@@ -120,7 +121,7 @@ def _inference_metrics(inference: dict[str, float]) -> Iterator[Metric]:
         ("soundwatch_inference_seconds", "Seconds per forward pass", "seconds_le_", "seconds"),
     ):
         buckets = [
-            ("+Inf" if key.removeprefix(prefix) == "inf" else key.removeprefix(prefix), value)
+            (floatToGoString(float(key.removeprefix(prefix))), value)  # "inf" -> "+Inf"
             for key, value in inference.items()
             if key.startswith(prefix)
         ]
