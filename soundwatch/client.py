@@ -23,7 +23,7 @@ from types import TracebackType
 import zmq
 
 from soundwatch.security.curve import CurveClient, client_monitor
-from soundwatch.sinks.messages import Envelope, MalformedMessage, decode
+from soundwatch.sinks.messages import MAX_PAYLOAD, Envelope, MalformedMessage, decode
 
 __all__ = ["CurveClient", "MalformedMessage", "Subscriber", "decode"]
 
@@ -43,6 +43,7 @@ class Subscriber:
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD)  # a bigger frame drops the peer
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self._monitor = None
         if curve is not None:

@@ -208,13 +208,13 @@ def decode(topic: bytes, payload: bytes) -> Envelope:
     if not isinstance(body, dict):
         raise MalformedMessage(f"payload on topic {topic!r} is not a map")
     version = body.pop("v", None)
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # True and 1.0 are not 1
         raise MalformedMessage(
             f"schema version {version!r} on topic {topic!r}; this client reads version "
             f"{SCHEMA_VERSION}: upgrade the older side"
         )
     kind = body.pop("kind", None)
-    cls = MESSAGE_TYPES.get(kind)  # type: ignore[arg-type]
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise MalformedMessage(f"unknown message kind {kind!r} on topic {topic!r}")
     names = {f.name for f in fields(cls)}
