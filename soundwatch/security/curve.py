@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "soundwatch"
 LOG_EVERY_S = 60.0  # a repeated refusal of the same kind is summed up at most this often
+KEY_REFUSAL_ECHO_S = 5.0  # a hang-up this soon after a refused key is that client leaving
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -78,6 +79,7 @@ class RefusalLog:
         self.where = where
         self.verb = verb
         self.counts: Counter[str] = Counter()
+        self.last_key_refusal = float("-inf")  # monotonic time the allow-list refused a key
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (when, count then)
         self._lock = threading.Lock()
 
@@ -104,6 +106,7 @@ class _AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         if key in allowed_keys(self.directory):
             return True
+        self.refusals.last_key_refusal = time.monotonic()
         self.refusals.refused(
             "unknown_key",
             f"unknown client key {key.decode()} (not in {self.directory}; copy the client's "
@@ -154,9 +157,18 @@ class _HandshakeMonitor(threading.Thread):
             self.refusals.refused(name, f"{text} ({where})")
             return
         if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.skip_auth:
-            # Server side: the peer hung up mid-handshake (after its own failure, reported
-            # above, or a port scan); nothing new to tell.
-            log.debug("handshake with a peer on %s ended early (errno %d)", where, value)
+            # Server side: the peer hung up mid-handshake. After a key refused by the
+            # allow-list that is the refused client leaving (already reported); otherwise the
+            # client gave up on us first: a plaintext client that saw our CURVE greeting before
+            # we saw its NULL one, or a port scan.
+            if time.monotonic() - self.refusals.last_key_refusal < KEY_REFUSAL_ECHO_S:
+                log.debug("a refused client hung up on %s (errno %d)", where, value)
+                return
+            self.refusals.refused(
+                "hung_up",
+                f"a peer hung up during the handshake on {where} (errno {value}): a client "
+                "without CURVE (plaintext), or not a soundwatch client",
+            )
             return
         if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             self.refusals.refused(
@@ -186,7 +198,8 @@ class ServerGuard:
 
     @property
     def refused(self) -> Counter[str]:
-        """Refused connections by kind: unknown_key, plaintext, bad_handshake, handshake."""
+        """Refused connections by kind: unknown_key, plaintext, bad_handshake, hung_up
+        (a peer left mid-handshake: often a plaintext client) and handshake (other)."""
         return self.refusals.counts
 
     def close(self) -> None:
