@@ -292,6 +292,50 @@ def test_server_refuses_pages_of_other_sites() -> None:
             assert receive_until(same, lambda m: m["type"] == "snapshot", "a snapshot")
 
 
+def test_a_token_guards_the_page_the_api_and_the_websocket() -> None:
+    token = "correct-horse-battery"
+    with DashboardServer(["tcp://127.0.0.1:1"], port=0, token=token) as server:
+        ws_url = server.url.replace("http", "ws", 1) + "ws"
+
+        def get(path: str, **headers: str) -> tuple[int, str, Any]:
+            request = urllib.request.Request(server.url + path, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=DEADLINE) as response:
+                    return response.status, response.read().decode(), response.headers
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode(), error.headers
+
+        code, body, _ = get("")
+        assert code == 401 and 'name="token"' in body  # the page asks for it
+        code, body, _ = get("?token=wrong-token-here")
+        assert code == 401 and "Wrong token" in body
+        for path in ("api/snapshot", "static/app.js"):
+            assert get(path)[0] == 401
+        with pytest.raises(InvalidStatus):
+            connect(ws_url, proxy=None)
+        with pytest.raises(InvalidStatus):
+            connect(ws_url, proxy=None, additional_headers={"Cookie": "soundwatch_token=x"})
+
+        code, body, headers = get(f"?token={token}")  # taken from the address
+        assert code == 200 and "app.js" in body
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert token not in cookie and "HttpOnly" in headers["Set-Cookie"]
+        assert get("api/snapshot", Cookie=cookie)[0] == 200
+        assert get("api/snapshot", Authorization=f"Bearer {token}")[0] == 200
+        with connect(ws_url, proxy=None, additional_headers={"Cookie": cookie}) as ws:
+            assert receive_until(ws, lambda m: m["type"] == "snapshot", "a snapshot")
+
+
+def test_beyond_loopback_a_token_is_required() -> None:
+    with pytest.raises(SoundwatchError, match=r"reachable from other machines.*--token"):
+        DashboardServer(["tcp://127.0.0.1:1"], host="0.0.0.0", port=0)
+    with pytest.raises(SoundwatchError, match=r"reachable from other machines.*--token"):
+        parse_section(DashboardConfig, {"enabled": True, "host": "0.0.0.0"}, "test")
+    assert parse_section(
+        DashboardConfig, {"enabled": True, "host": "0.0.0.0", "token": "long-enough"}, "t"
+    ).token
+
+
 def test_endpoints_bound_on_all_interfaces_are_reached_on_loopback() -> None:
     assert connectable("tcp://*:5557") == "tcp://127.0.0.1:5557"
     assert connectable("tcp://0.0.0.0:5557") == "tcp://127.0.0.1:5557"
