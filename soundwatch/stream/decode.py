@@ -18,6 +18,9 @@ from soundwatch.stream.resample import TARGET_RATE, StreamingResampler, downmix
 
 #: Native frames decoded per step (the same for every caller, so results are identical).
 DECODE_BLOCK_FRAMES = 32768
+#: Sample rates a file may have: those a source spec's ``rate=`` allows. A header claiming
+#: 1 Hz would turn 1,000 samples into 1,000 s of audio; 2 GHz into one sample.
+FILE_RATES = (8000, 384000)
 
 
 def _corrupt(path: Path, error: Exception) -> SoundwatchError:
@@ -36,9 +39,18 @@ def open_sound_file(path: str | Path) -> soundfile.SoundFile:
     if path.is_dir():
         raise SoundwatchError(f"{str(path)!r} is a directory, not an audio file")
     try:
-        return soundfile.SoundFile(str(path))
+        audio = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise _corrupt(path, error) from None
+    low, high = FILE_RATES
+    if not low <= audio.samplerate <= high:
+        audio.close()
+        raise SoundwatchError(
+            f"audio file {str(path)!r} says its sample rate is {audio.samplerate} Hz, outside "
+            f"the {low} to {high} Hz soundwatch reads: the header is damaged, or resample it "
+            "with e.g. ffmpeg -i INPUT -ar 32000 OUTPUT.wav"
+        )
+    return audio
 
 
 def iter_native_blocks(
