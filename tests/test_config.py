@@ -50,6 +50,42 @@ BAD_CONFIGS = [
     ({"publish": {"mel": "always"}}, ["publish.mel", "'auto'"]),
     ({"pipeline": {"pace": "slow"}}, ["pipeline.pace", "slow", "realtime", "fast"]),
     (["not", "a", "mapping"], ["top level must be a mapping"]),
+    # dashboard
+    ({"dashboard": {"port": 70000}}, ["dashboard.port", "less than or equal to 65535"]),
+    ({"dashboard": {"host": ""}}, ["dashboard.host", "at least 1 character"]),
+    (
+        {"dashboard": {"enabled": True, "host": "0.0.0.0"}},
+        ["dashboard", "reachable from other machines", "--token", "127.0.0.1"],
+    ),
+    ({"dashboard": {"token": "short"}}, ["dashboard.token", "at least 8 characters"]),
+    ({"dashboard": {"colour": "red"}}, ["dashboard.colour", "unknown key"]),
+    # mqtt
+    ({"mqtt": {"broker": "http://ha"}}, ["mqtt.broker", "must start with mqtt://"]),
+    ({"mqtt": {"broker": "mqtt://"}}, ["mqtt.broker", "has no host"]),
+    ({"mqtt": {"prefix": "a/+/b"}}, ["mqtt.prefix", "without +, #"]),
+    ({"mqtt": {"node": "my house"}}, ["mqtt.node", "letters, digits, _ and -"]),
+    ({"mqtt": {"queue_size": 0}}, ["mqtt.queue_size", "greater than or equal to 1"]),
+    (
+        {"mqtt": {"broker": "mqtt://ha", "tls": {"insecure": True}}},
+        ["mqtt", "tls options need an mqtts:// broker URL"],
+    ),
+    ({"mqtt": {"tls": {"ca_certs": "/no/such/ca.pem"}}}, ["mqtt.tls", "no such file"]),
+    # security
+    ({"security": {"curve_allow": "/tmp"}}, ["security", "curve_secret and curve_allow go"]),
+    (
+        {"security": {"curve_secret": "/no/server.key_secret", "curve_allow": "/tmp"}},
+        ["security", "no such file", "soundwatch keys generate"],
+    ),
+    ({"security": {"curve_secret": __file__, "curve_allow": "/no/dir"}}, ["no such directory"]),
+    ({"security": {"curve_secrte": "x"}}, ["security.curve_secrte", "unknown key"]),
+    # metrics
+    ({"metrics": {"port": -1}}, ["metrics.port", "greater than or equal to 0"]),
+    ({"metrics": {"enabled": "sometimes"}}, ["metrics.enabled", "sometimes", "boolean"]),
+    ({"metrics": {"path": "/m"}}, ["metrics.path", "unknown key"]),
+    # publish.smoothing and publish.mel (beyond the two above)
+    ({"publish": {"smoothing": {"width": 601}}}, ["publish.smoothing.width", "600"]),
+    ({"publish": {"smoothing": {"method": "ema", "span": 1}}}, ["publish.smoothing.span"]),
+    ({"publish": {"mel": True}}, ["publish.mel", "'auto'"]),
 ]
 
 
@@ -61,6 +97,17 @@ def test_bad_config_names_key_value_and_allowed(data: object, expected: list[str
     assert "test.yaml" in message
     for part in expected:
         assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_flags_of_the_new_sections_are_checked_like_the_file() -> None:
+    from soundwatch.dashboard.config import parse_listen_address
+
+    with pytest.raises(SoundwatchError, match=r"bad metrics address 'x:port'.*\[HOST:\]PORT"):
+        parse_listen_address("x:port", what="metrics")
+    with pytest.raises(SoundwatchError, match=r"(?s)command-line flags.*security"):
+        apply_overrides(Config(), {"security.curve_secret": "/no/such.key_secret"})
+    config = apply_overrides(Config(), {"metrics.enabled": True, "metrics.port": 0})
+    assert config.metrics.enabled and config.metrics.port == 0
 
 
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
