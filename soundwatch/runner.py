@@ -369,6 +369,7 @@ def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) 
         smoothing_width=config.publish.smoothing.width,
         mel=config.publish.mel,
         groups=groups,
+        backend=f"{tagger.worker.backend}/{tagger.worker.device.type}",
     )
 
 
