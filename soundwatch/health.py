@@ -101,6 +101,19 @@ def check_health(
     return report
 
 
+def wait_until_healthy(
+    endpoints: str | list[str], timeout: float, **options: object
+) -> HealthReport:
+    """Check again and again until healthy or ``timeout`` passed (a start-up check: the
+    first heartbeats come before the model has tagged anything); the last verdict."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        report = check_health(endpoints, max(remaining, 0.1), **options)  # type: ignore[arg-type]
+        if report.healthy or deadline - time.monotonic() <= 0:
+            return report
+
+
 def _enough(heard: dict[str, list[Status]], required: tuple[str, ...], rounds: int) -> bool:
     """Every stream heard (and every required one) has ``rounds`` heartbeats or has ended,
     or one has already failed for good."""
@@ -179,6 +192,9 @@ def judge(statuses: list[Status], max_age: float, max_drop: float) -> StreamHeal
     show_default=True,
     help="heartbeats per stream to judge (2: also judges the drop rate between them)",
 )
+@click.option(
+    "--wait", is_flag=True, help="check until healthy or --timeout passes (start-up checks)"
+)
 @click.option("--max-age", type=float, default=DEFAULT_MAX_AGE, show_default=True)
 @click.option(
     "--max-drop", type=click.FloatRange(0, 1), default=DEFAULT_MAX_DROP, show_default=True
@@ -189,6 +205,7 @@ def health(
     timeout: float,
     streams: tuple[str, ...],
     rounds: int,
+    wait: bool,
     max_age: float,
     max_drop: float,
     curve_secret: Path | None,
@@ -209,7 +226,15 @@ def health(
     @user_errors
     def check() -> None:
         curve = CurveClient.from_options(curve_secret, curve_server)
-        report = check_health(list(endpoints), timeout, curve, streams, rounds, max_age, max_drop)
+        options = {
+            "curve": curve,
+            "streams": streams,
+            "rounds": rounds,
+            "max_age": max_age,
+            "max_drop": max_drop,
+        }
+        verdict_of = wait_until_healthy if wait else check_health
+        report = verdict_of(list(endpoints), timeout, **options)
         for line in report.lines():
             click.echo(line, err=not report.healthy)
         if report.healthy:
