@@ -89,6 +89,12 @@ class AttachedSubscribers:
             )
         return started
 
+    def attach_control(self, endpoint: str) -> None:
+        """The run's control endpoint, once bound: the MQTT bridge offers its command
+        topics (docs/control.md)."""
+        if self.bridge is not None:
+            self.bridge.set_control(endpoint)
+
     def close(self) -> None:
         """Stop them; the bridge first handles the last messages already published."""
         if self.bridge is not None:

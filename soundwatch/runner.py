@@ -271,6 +271,7 @@ def run_live(
         control = _start_controls(config, config_path, tagger, events, pipeline, recorder, live)
         if control is not None:
             notes.append(f"control on {control.endpoint} (soundwatch ctl --endpoint ...)")
+            attached.attach_control(control.endpoint)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with _stop_on_signals(pipeline, install_signal_handlers):

@@ -70,7 +70,7 @@ class ControlServer:
             except ValueError:
                 reply = {"ok": False, "error": 'a request is a JSON object {"cmd": ...}'}
             else:
-                reply = self.controls.handle(request, origin="control socket")
+                reply = self.controls.handle(request, origin=_origin(request))
             self.requests += 1
             self.rejected += not reply["ok"]
             self.socket.send_json(reply)
@@ -82,3 +82,12 @@ class ControlServer:
             self._thread.join(5.0)
         else:
             self.socket.close()
+
+
+def _origin(request: dict) -> str:
+    """Who asked, for the log and the history: ``control socket``, or e.g. ``mqtt via
+    control socket`` when the client names itself (``origin`` in the request)."""
+    named = request.get("origin")
+    if isinstance(named, str) and named and len(named) <= 40:
+        return f"{named} via control socket"
+    return "control socket"

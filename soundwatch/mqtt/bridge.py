@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from soundwatch.client import CurveClient, Subscriber
 from soundwatch.errors import SoundwatchError
 from soundwatch.mqtt.config import MqttConfig
+from soundwatch.mqtt.control import ControlLink
 from soundwatch.mqtt.discovery import (
     OFF,
     OFFLINE,
@@ -65,6 +66,8 @@ class BridgeCounters:
     stale_cleared: int = 0  # retained ON states of an earlier run turned OFF
     malformed: int = 0  # ZeroMQ messages that were not soundwatch messages
     missed: int = 0  # ZeroMQ messages lost before reaching the bridge (seq gaps)
+    control_commands: int = 0  # MQTT control commands received
+    control_rejected: int = 0  # of which refused (published on .../control/result)
 
 
 @dataclass
@@ -89,7 +92,12 @@ class MqttBridge:
     """
 
     def __init__(
-        self, endpoints: list[str] | str, config: MqttConfig, curve: CurveClient | None = None
+        self,
+        endpoints: list[str] | str,
+        config: MqttConfig,
+        curve: CurveClient | None = None,
+        control: str | None = None,
+        control_poll: float = 5.0,
     ) -> None:
         if config.broker is None:
             raise SoundwatchError(
@@ -112,6 +120,18 @@ class MqttBridge:
         self._closed = False
         self._unreachable = False  # the last connection attempt failed (logged once)
         self._client = self._make_client()
+        # Command topics (enable a group, set its threshold), sent on to a control endpoint.
+        self.control = ControlLink(
+            self._client, self.topics, config.discovery_prefix, control, control_poll
+        )
+        self._control_wanted = control is not None
+
+    def set_control(self, endpoint: str) -> None:
+        """Offer the command topics of the run's control endpoint (in-process, once bound)."""
+        self._control_wanted = True
+        self.control.set_endpoint(endpoint)
+        if self._connected.is_set():
+            self.control.connected(self._client)
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
@@ -156,6 +176,7 @@ class MqttBridge:
         )
         self._client.connect_async(self.address.host, self.address.port, self.config.keepalive)
         self._client.loop_start()
+        self.control.start()
         self._worker = threading.Thread(target=self._run, name="mqtt-bridge", daemon=True)
         self._worker.start()
 
@@ -176,6 +197,9 @@ class MqttBridge:
             return
         self._closed = True
         self._stop.set()
+        self.control.close()
+        self.counters.control_commands = self.control.commands
+        self.counters.control_rejected = self.control.rejected
         if self._worker is not None:
             self._worker.join(timeout)
             if self._worker.is_alive():
@@ -241,6 +265,8 @@ class MqttBridge:
         )
         self._connected.set()
         self._resync.set()
+        if self._control_wanted:
+            self.control.connected(client)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         level = logging.DEBUG if self._unreachable else logging.WARNING
@@ -264,12 +290,15 @@ class MqttBridge:
         if not self._connected.is_set():
             return
         self._connected.clear()
+        self.control.disconnected()
         if not self._stop.is_set():  # not our own disconnect at close()
             self.counters.disconnects += 1
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         payload = message.payload.decode("utf-8", "replace")
+        if self.control.offer(message.topic, payload, message.retain):
+            return
         if message.topic == f"{self.config.discovery_prefix}/status":
             # A retained birth message comes with our own subscription, right after we
             # sent everything; a live one means Home Assistant (re)started.

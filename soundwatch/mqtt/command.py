@@ -33,6 +33,12 @@ from soundwatch.security.command import curve_client_options
 @click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path), help="mqtts: its key")
 @click.option("--insecure", is_flag=True, help="mqtts: skip the broker host name check")
 @click.option("--queue-size", type=int, help="events kept while the broker is away (1000)")
+@click.option(
+    "--control",
+    metavar="ENDPOINT",
+    help="a soundwatch control endpoint (run --control): offer its groups' enabled flag and "
+    "threshold as command topics (Home Assistant switch and number)",
+)
 @curve_client_options
 @click.option("-v", "--verbose", is_flag=True)
 def mqtt(
@@ -46,6 +52,7 @@ def mqtt(
     keyfile: Path | None,
     insecure: bool,
     queue_size: int | None,
+    control: str | None,
     curve_secret: Path | None,
     curve_server: Path | None,
     verbose: bool,
@@ -54,6 +61,8 @@ def mqtt(
 
     Per stream and event group: a binary sensor (ON while the sound goes on) with the
     event as attributes, a score sensor, and every event on <prefix>/<node>/<stream>/events.
+    With --control, per group a switch (enabled) and a number (threshold) that change the
+    running soundwatch through its control endpoint.
     """
     try:
         _bridge(
@@ -73,6 +82,7 @@ def mqtt(
                 },
             },
             verbose,
+            control,
         )
     except SoundwatchError as error:
         click.echo(f"soundwatch: error: {error}", err=True)
@@ -80,7 +90,11 @@ def mqtt(
 
 
 def _bridge(
-    endpoints: list[str], curve_files: tuple[Path | None, Path | None], options: dict, verbose: bool
+    endpoints: list[str],
+    curve_files: tuple[Path | None, Path | None],
+    options: dict,
+    verbose: bool,
+    control: str | None = None,
 ) -> None:
     import logging
     import signal
@@ -100,7 +114,9 @@ def _bridge(
     options["tls"] = {k: v for k, v in options["tls"].items() if v is not None}
     given = {k: v for k, v in options.items() if v is not None and v != {}}
     config = parse_section(MqttConfig, given, "the command line options", ("mqtt",))
-    bridge = MqttBridge(endpoints, config, curve=CurveClient.from_options(*curve_files))
+    bridge = MqttBridge(
+        endpoints, config, curve=CurveClient.from_options(*curve_files), control=control
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
