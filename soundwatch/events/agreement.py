@@ -14,6 +14,7 @@ Steps no window covers (windows dropped by backpressure) score 0 and are counted
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
 import numpy as np
 
@@ -86,19 +87,38 @@ class StepAggregator:
         return self._finalize(self._max_stop // self.step_frames)
 
     def _finalize(self, limit: int) -> list[tuple[int, np.ndarray]]:
-        """Steps ``next_step .. limit - 1`` (never past the last window's end)."""
+        """Steps ``next_step .. limit - 1`` (never past the last window's end).
+
+        Consecutive steps covered by the same windows share one quantile: the covering
+        sets change only at window edges (every hop), so a window typically makes several
+        steps final with one computation instead of one per step. The values are the same
+        array object, made read-only (nothing downstream writes to step scores).
+        """
         limit = min(limit, self._max_stop // self.step_frames)
         out: list[tuple[int, np.ndarray]] = []
-        while self.next_step < limit:
-            k = self.next_step
-            lo, hi = k * self.step_frames, (k + 1) * self.step_frames
-            covering = [s for (a, b, s) in self._windows if a <= lo and b >= hi]
-            if covering:
-                out.append((k, step_score(np.stack(covering), self.quantile)))
-            else:
-                self.uncovered_steps += 1
-                out.append((k, np.zeros(self.n_groups, dtype=np.float32)))
-            self.next_step += 1
+        first = self.next_step
+        if first < limit:
+            sf = self.step_frames
+            ks = np.arange(first, limit)
+            windows = list(self._windows)
+            starts = np.fromiter((w[0] for w in windows), np.int64, len(windows))
+            stops = np.fromiter((w[1] for w in windows), np.int64, len(windows))
+            cover = (starts[None, :] <= ks[:, None] * sf) & (
+                stops[None, :] >= (ks[:, None] + 1) * sf
+            )
+            # Rows where the covering set changes from the previous step start a run.
+            changes = np.flatnonzero((cover[1:] != cover[:-1]).any(axis=1)) + 1
+            bounds = [0, *changes.tolist(), len(ks)]
+            for lo, hi in pairwise(bounds):
+                covering = np.flatnonzero(cover[lo])
+                if len(covering):
+                    value = step_score(np.stack([windows[i][2] for i in covering]), self.quantile)
+                else:
+                    self.uncovered_steps += hi - lo
+                    value = np.zeros(self.n_groups, dtype=np.float32)
+                value.flags.writeable = False
+                out.extend((first + j, value) for j in range(lo, hi))
+            self.next_step = limit
         # A window ending before the next pending step's end can cover no pending step.
         need = (self.next_step + 1) * self.step_frames
         while self._windows and self._windows[0][1] < need:

@@ -103,22 +103,30 @@ class HysteresisTracker:
         self._peak = np.zeros(g, dtype=np.float32)
 
     def push(self, k: int, scores: np.ndarray) -> list[Update]:
-        """Step ``k`` (in order from 0) with its ``[G]`` smoothed scores -> updates."""
-        threshold = np.where(self._active, self.t.off, self.t.on)
-        active = scores >= threshold
+        """Step ``k`` (in order from 0) with its ``[G]`` smoothed scores -> updates.
+
+        All groups at once (array operations); only the groups whose event starts or ends
+        at this step are visited one by one, in group order."""
+        t = self.t
+        active = scores >= np.where(self._active, t.off, t.on)
         self._active = active
+        was_open = self._start >= 0
+        opened = active & ~was_open
+        self._start[opened] = k
+        self._peak[opened] = scores[opened]
+        self._end[active] = k + 1
+        self._peak[active] = np.maximum(self._peak[active], scores[active])
+        confirm = active & ~self._confirmed & (k + 1 - self._start >= t.min_steps)
+        close = was_open & ~active & (k + 1 - self._end > t.max_gap_steps)
+        changed = confirm | close
+        if not changed.any():
+            return []
         updates: list[Update] = []
-        for g in np.flatnonzero(active | (self._start >= 0)):
-            if active[g]:
-                if self._start[g] < 0:
-                    self._start[g] = k
-                    self._peak[g] = scores[g]
-                self._end[g] = k + 1
-                self._peak[g] = max(self._peak[g], scores[g])
-                if not self._confirmed[g] and k + 1 - self._start[g] >= self.t.min_steps[g]:
-                    self._confirmed[g] = True
-                    updates.append(self._update("start", g))
-            elif k + 1 - self._end[g] > self.t.max_gap_steps[g]:
+        for g in np.flatnonzero(changed):
+            if confirm[g]:
+                self._confirmed[g] = True
+                updates.append(self._update("start", g))
+            else:
                 updates.extend(self._close(g))
         return updates
 
