@@ -61,14 +61,19 @@ class AttachedSubscribers:
                 from soundwatch.dashboard.server import DashboardServer
 
                 dash = self.config.dashboard
+                recorder = self.config.recorder
+                record = recorder.dir if recorder.enabled else None  # its history and clips
                 self.dashboard = DashboardServer(
-                    endpoints, dash.host, dash.port, token=dash.token
+                    endpoints, dash.host, dash.port, token=dash.token, record=record
                 ).start()
                 started.append(f"dashboard on {self.dashboard.url}")
             if self.config.mqtt.broker is not None:
                 from soundwatch.mqtt.bridge import MqttBridge
 
                 self.bridge = MqttBridge(endpoints, self.config.mqtt)
+                dashboard = self.dashboard
+                if self.bridge.clip_base is None and dashboard and dashboard.record is not None:
+                    self.bridge.clip_base = dashboard.url  # events link their clips
                 self.bridge.start()
                 started.append(f"MQTT to {self.config.mqtt.broker.rpartition('@')[2]}")
             if self.config.metrics.enabled:

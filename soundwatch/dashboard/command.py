@@ -31,12 +31,18 @@ from soundwatch.security.command import curve_client_options
     envvar="SOUNDWATCH_DASHBOARD_TOKEN",
     help="access token the page asks for (required unless --host is loopback)",
 )
+@click.option(
+    "--record",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="a record directory (run --record): serve its history and clips",
+)
 @curve_client_options
 def dashboard(
     endpoints: tuple[str, ...],
     host: str,
     port: int,
     token: str | None,
+    record: Path | None,
     curve_secret: Path | None,
     curve_server: Path | None,
 ) -> None:
@@ -53,7 +59,12 @@ def dashboard(
     def serve() -> None:
         curve = CurveClient.from_options(curve_secret, curve_server)
         server = DashboardServer(
-            list(endpoints) or ["tcp://127.0.0.1:5557"], host, port, token=token, curve=curve
+            list(endpoints) or ["tcp://127.0.0.1:5557"],
+            host,
+            port,
+            token=token,
+            curve=curve,
+            record=record,
         )
         server.start()
         click.echo(

@@ -46,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from soundwatch.client import CurveClient, Subscriber
 from soundwatch.dashboard.config import check_token_needed
+from soundwatch.dashboard.history import HistoryRoutes
 from soundwatch.dashboard.state import DashboardState
 from soundwatch.errors import SoundwatchError
 from soundwatch.sinks.messages import Envelope
@@ -290,6 +291,7 @@ class DashboardServer:
         port: int = 8080,
         token: str | None = None,
         curve: CurveClient | None = None,
+        record: Path | None = None,
     ) -> None:
         if not endpoints:
             raise SoundwatchError("the dashboard needs at least one endpoint to subscribe to")
@@ -299,6 +301,7 @@ class DashboardServer:
             raise SoundwatchError(str(error)) from None
         self.token = token
         self.curve = curve
+        self.record = record  # the record directory whose history and clips are served
         self.endpoints = [connectable(endpoint) for endpoint in endpoints]
         self.host = host
         self.port = port
@@ -433,6 +436,7 @@ class DashboardServer:
             routes=[
                 Route("/", self._index),
                 Route("/api/snapshot", self._snapshot_json),
+                *(HistoryRoutes(self.record).routes() if self.record is not None else []),
                 WebSocketRoute("/ws", self._websocket),
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             ],

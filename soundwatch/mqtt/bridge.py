@@ -125,6 +125,7 @@ class MqttBridge:
             self._client, self.topics, config.discovery_prefix, control, control_poll
         )
         self._control_wanted = control is not None
+        self.clip_base = config.clip_url  # the dashboard serving clips, if any
 
     def set_control(self, endpoint: str) -> None:
         """Offer the command topics of the run's control endpoint (in-process, once bound)."""
@@ -392,7 +393,15 @@ class MqttBridge:
         stream.attributes[group] = attributes
         self._add_groups(stream, {group: None})  # a group first seen now: no OFF before ON
         self._send_state(stream, group, state)
-        self._send_event(self.topics.events(stream.name), json.dumps(to_json(event)))
+        self._send_event(self.topics.events(stream.name), json.dumps(self._event_json(event)))
+
+    def _event_json(self, event: Event) -> dict:
+        """The event as JSON; an ended event recorded in the history also names its clip's
+        address on the dashboard (which answers 404 with the reason when there is none)."""
+        body = to_json(event)
+        if event.record_id >= 0 and event.state == "end" and self.clip_base:
+            body["clip_url"] = f"{self.clip_base}clips/{event.record_id}"
+        return body
 
     def _add_groups(self, stream: _Stream, groups: dict[str, float | None]) -> None:
         """Learn groups (from status, tags or events) and announce the new ones."""

@@ -39,6 +39,11 @@ from soundwatch.security.command import curve_client_options
     help="a soundwatch control endpoint (run --control): offer its groups' enabled flag and "
     "threshold as command topics (Home Assistant switch and number)",
 )
+@click.option(
+    "--clip-url",
+    metavar="URL",
+    help="the dashboard's address serving clips (dashboard --record): events carry clip_url",
+)
 @curve_client_options
 @click.option("-v", "--verbose", is_flag=True)
 def mqtt(
@@ -53,6 +58,7 @@ def mqtt(
     insecure: bool,
     queue_size: int | None,
     control: str | None,
+    clip_url: str | None,
     curve_secret: Path | None,
     curve_server: Path | None,
     verbose: bool,
@@ -74,6 +80,7 @@ def mqtt(
                 "discovery_prefix": discovery_prefix,
                 "node": node,
                 "queue_size": queue_size,
+                "clip_url": clip_url,
                 "tls": {
                     "ca_certs": ca_certs,
                     "certfile": certfile,

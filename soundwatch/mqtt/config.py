@@ -118,6 +118,12 @@ class MqttConfig(StrictModel):
         le=1_000_000,
         description="events kept while the broker is away (oldest dropped and counted beyond)",
     )
+    clip_url: str | None = Field(
+        default=None,
+        description="the dashboard's address as Home Assistant reaches it, when it serves "
+        "clips (dashboard --record): events carry clip_url = this + clips/ID; null: the "
+        "in-process dashboard's own address when it serves clips, else no URL",
+    )
     stream_timeout: float = Field(
         default=20.0,
         gt=0.0,
@@ -130,6 +136,19 @@ class MqttConfig(StrictModel):
     def _broker(cls, value: str | None) -> str | None:
         if value is not None:
             parse_broker_url(value)
+        return value
+
+    @field_validator("clip_url")
+    @classmethod
+    def _clip_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"clip_url {value!r} must be the dashboard's http(s)://HOST[:PORT]/ address"
+                )
+            if not value.endswith("/"):
+                value += "/"
         return value
 
     @field_validator("prefix", "discovery_prefix")
