@@ -436,6 +436,7 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
     chromedriver = require_executable("chromedriver")
     require_module("selenium")
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -485,7 +486,8 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
             {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
         )
         driver.get(url)
-        wait = WebDriverWait(driver, 60)
+        # The page re-renders as messages arrive: an element found a moment ago may be gone.
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
         card = '.card[data-stream="speech"]'
 
         def top_label(d: Any) -> str | None:
