@@ -122,6 +122,7 @@ class PipelineConfig(StrictModel):
 
     pace: Literal["realtime", "fast"] = "realtime"
     max_pending_windows: int = Field(default=32, ge=1, le=100_000)  # per stream
+    max_pending_seconds: float = Field(default=2.0, gt=0.0, le=3600.0)  # per stream and series
     max_batch: int = Field(default=32, ge=1, le=1024)
 
 

@@ -12,12 +12,15 @@ Threads and what they own:
   (see docs/performance.md);
 - one **stream thread** per source that waits when inference is behind
   (``Source.waits_when_behind``: a fast-paced file, a pipe), since its ``put`` may block;
-- one **inference thread**: takes due windows of all streams, runs them as one batch
-  through the tagger and hands each :class:`~soundwatch.results.WindowResult` to the result
-  handlers (publisher, event detector, collector) in each stream's time order. When it
+- one **inference thread**: takes due windows of all streams and runs them as one batch
+  through the tagger (forward passes only), then hands the batch with its outputs to
+- one **delivery thread** through a queue of two batches: it turns each output into a
+  :class:`~soundwatch.results.WindowResult` and hands it to the result handlers
+  (publisher, event detector, collector) in each stream's time order. The model releases
+  the GIL, so it runs while the previous batch is published. When the delivery thread
   reaches a stream's end marker every window of that stream has been delivered, and the
-  handlers hear ``on_stream_end`` for it at once. ZeroMQ sockets are used from this thread
-  only.
+  handlers hear ``on_stream_end`` for it at once. Every handler call (``on_tick`` too)
+  happens on this thread: ZeroMQ sockets are used from it only.
 
 Backpressure is per stream (:class:`WindowQueue`): a live stream that falls behind drops
 its own oldest windows (counted per window series, with a rate-limited warning); a source
@@ -28,6 +31,8 @@ so nothing of it is lost. One stream never evicts another's windows.
 from __future__ import annotations
 
 import logging
+import math
+import queue as queue_module
 import threading
 import time
 from collections import deque
@@ -114,35 +119,61 @@ def window_series(
     return {frozenset({TAGS}): (window_s, hop_s), frozenset({EVENTS}): events}
 
 
+def pending_bound(
+    series: dict[frozenset[str], tuple[float, float]],
+    max_windows: int,
+    max_seconds: float | None,
+) -> int:
+    """Windows one stream may have waiting: ``max_windows``, or fewer when ``max_seconds``
+    of each series' hops (at least one window per series, so the windows of all series
+    due at one hop boundary always fit) add up to fewer."""
+    if max_seconds is None:
+        return max_windows
+    if max_seconds <= 0:
+        raise SoundwatchError(f"pipeline.max_pending_seconds must be positive, got {max_seconds:g}")
+    by_seconds = sum(max(1, math.floor(max_seconds / hop + 1e-9)) for _, hop in series.values())
+    return max(1, min(max_windows, by_seconds))
+
+
 class WindowQueue:
     """Due windows of every stream, each stream bounded on its own, taken oldest first.
 
-    A stream holds at most ``per_stream`` windows. When it is full, ``put(block=False)``
-    drops that stream's own oldest window (counted on the stream, per window series) and
-    ``put(block=True)`` waits for room: a burst or a slow consumer never costs another
-    stream anything. End markers (:meth:`put_end`) never wait and are never dropped.
+    A stream holds at most ``per_stream`` windows (or its own :meth:`set_limit`). When it
+    is full, ``put(block=False)`` drops that stream's own oldest window (counted on the
+    stream, per window series) and ``put(block=True)`` waits for room: a burst or a slow
+    consumer never costs another stream anything. End markers (:meth:`put_end`) never wait
+    and are never dropped.
     """
 
     def __init__(self, per_stream: int) -> None:
         if per_stream < 1:
             raise ValueError("per_stream must be at least 1")
         self.per_stream = per_stream
+        self._limits: dict[int, int] = {}  # streams bounded tighter than per_stream
         self._queues: dict[int, deque[_Item]] = {}
         self._windows: dict[int, int] = {}  # windows (not end markers) queued per stream
         self._cond = threading.Condition()
         self._order = 0
         self._closed = False
 
+    def set_limit(self, state: StreamState, limit: int) -> None:
+        """Bound ``state``'s windows at ``limit`` (at least 1) instead of ``per_stream``."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._cond:
+            self._limits[id(state)] = limit
+
     def put(self, item: _Pending, block: bool) -> None:
         key = id(item.state)
         with self._cond:
+            limit = self._limits.get(key, self.per_stream)
             queue = self._queues.setdefault(key, deque())
-            while block and self._windows.get(key, 0) >= self.per_stream and not self._closed:
+            while block and self._windows.get(key, 0) >= limit and not self._closed:
                 self._cond.wait(0.1)
             if self._closed:  # inference has stopped: this window can never be tagged
                 item.state.record_drop(item.purposes)
                 return
-            if self._windows.get(key, 0) >= self.per_stream:
+            if self._windows.get(key, 0) >= limit:
                 oldest = next(i for i, q in enumerate(queue) if isinstance(q, _Pending))
                 dropped = queue[oldest]
                 del queue[oldest]
@@ -350,6 +381,7 @@ class Pipeline:
         window_s: float,
         hop_s: float,
         max_pending_windows: int = 32,
+        max_pending_seconds: float | None = None,
         max_batch: int = 32,
         events_window: tuple[float, float] | None = None,
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
@@ -359,7 +391,12 @@ class Pipeline:
         """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
         called on the capture or stream threads with every batch of mel frames and every
         audio block (32 kHz mono, capture-clock stamped), in each stream's order: cheap taps
-        for displays and recorders, which must copy what they keep and never block."""
+        for displays and recorders, which must copy what they keep and never block.
+
+        Each stream may have at most ``max_pending_windows`` windows waiting, and with
+        ``max_pending_seconds`` at most that many seconds of hops per window series
+        (:func:`pending_bound`): past capacity a live stream's latency stays within a few
+        seconds and it drops its oldest windows, and a stop waits for little backlog."""
         if read_interval_s <= 0:
             raise ValueError("read_interval_s must be positive")
         ids = [source.id for source in sources]
@@ -375,12 +412,23 @@ class Pipeline:
         self.handlers = list(handlers)
         self.max_batch = max_batch
         self.queue = WindowQueue(max_pending_windows)
+        live_bound = pending_bound(self.series, max_pending_windows, max_pending_seconds)
+        for state in self.streams:
+            if not state.block_when_full:  # a source that waits loses nothing: no need
+                self.queue.set_limit(state, live_bound)
         self.batches = BatchCounters()
         self.read_interval_s = read_interval_s
         self._capturing: StreamState | None = None  # the stream the capture thread is on
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._inference_thread: threading.Thread | None = None
+        self._delivery_thread: threading.Thread | None = None
+        # Batches with their outputs, from the inference to the delivery thread: two, so
+        # the model runs one batch ahead of the handlers and no further.
+        self._delivery: queue_module.Queue[tuple[list[_Item], dict] | None] = queue_module.Queue(
+            maxsize=2
+        )
+        self._delivery_failed = threading.Event()
         self.errors: list[tuple[str, BaseException]] = []  # (where, error), in order
 
     @property
@@ -421,6 +469,10 @@ class Pipeline:
             target=self._run_inference, name="inference", daemon=True
         )
         self._inference_thread.start()
+        self._delivery_thread = threading.Thread(
+            target=self._run_delivery, name="delivery", daemon=True
+        )
+        self._delivery_thread.start()
 
     def stop(self) -> None:
         """Ask every thread to finish: sources stop, their last windows are still tagged."""
@@ -428,9 +480,9 @@ class Pipeline:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until all streams ended and their windows were delivered (True) or timeout."""
-        assert self._inference_thread is not None
+        assert self._inference_thread is not None and self._delivery_thread is not None
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in [*self._threads, self._inference_thread]:
+        for thread in [*self._threads, self._inference_thread, self._delivery_thread]:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
             if thread.is_alive():
@@ -450,7 +502,8 @@ class Pipeline:
         finally:
             self.stop()
             if not self.wait(timeout=shutdown_timeout):
-                alive = [self._describe(t) for t in [*self._threads, self._inference_thread]]
+                threads = [*self._threads, self._inference_thread, self._delivery_thread]
+                alive = [self._describe(t) for t in threads]
                 alive = [name for name in alive if name]
                 raise SoundwatchError(
                     f"the pipeline did not stop within {shutdown_timeout:g} s; still running: "
@@ -532,27 +585,58 @@ class Pipeline:
             self._finish_stream(state)
 
     def _run_inference(self) -> None:
+        """Forward passes only: each batch with its outputs goes to the delivery thread, so
+        the model (which releases the GIL) runs while the previous batch is published."""
         ended = 0
         try:
-            while ended < len(self.streams):
+            while ended < len(self.streams) and not self._delivery_failed.is_set():
                 batch = self.queue.take(self.max_batch, timeout=0.05)
                 if batch:
-                    ended += self._process(batch)
-                for handler in self.handlers:
-                    handler.on_tick()
+                    outputs = self._infer_batch(batch)
+                    ended += sum(isinstance(item, _StreamEnd) for item in batch)
+                    self._hand_over((batch, outputs))
         except BaseException as error:
             log.exception("inference failed; stopping every stream")
             self.errors.append(("inference", error))
             self._stop.set()
         finally:
             self.queue.close()
+            self._hand_over(None)
 
-    def _process(self, batch: list[_Item]) -> int:
-        """Run the batch's windows and deliver results and stream ends in queue order;
-        return how many streams ended."""
+    def _hand_over(self, item: tuple[list[_Item], dict] | None) -> None:
+        """Queue for the delivery thread, waiting for room unless it failed."""
+        while not self._delivery_failed.is_set():
+            try:
+                self._delivery.put(item, timeout=0.1)
+                return
+            except queue_module.Full:
+                continue
+
+    def _run_delivery(self) -> None:
+        """Every handler call happens here, in queue order (ZeroMQ sockets stay on one
+        thread); ``on_tick`` at least every 50 ms."""
+        try:
+            while True:
+                try:
+                    item = self._delivery.get(timeout=0.05)
+                except queue_module.Empty:
+                    item = ()
+                if item is None:
+                    break
+                if item:
+                    self._deliver_batch(*item)
+                for handler in self.handlers:
+                    handler.on_tick()
+        except BaseException as error:
+            log.exception("delivering results failed; stopping every stream")
+            self.errors.append(("delivering results", error))
+            self._delivery_failed.set()
+            self._stop.set()
+
+    def _infer_batch(self, batch: list[_Item]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Run the batch's windows: ``{index in batch: (probs, embedding)}``."""
         # Windows of one length form one forward pass (final windows may be shorter, and
-        # event windows may differ); results are then delivered in queue order, so each
-        # stream's windows reach the handlers in time order.
+        # event windows may differ).
         by_length: dict[int, list[int]] = {}
         for index, item in enumerate(batch):
             if isinstance(item, _Pending):
@@ -566,7 +650,13 @@ class Pipeline:
             self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
             for i, p, e in zip(indices, probs, embeddings, strict=True):
                 outputs[i] = (p, e)
-        ended = 0
+        return outputs
+
+    def _deliver_batch(
+        self, batch: list[_Item], outputs: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Results and stream ends in queue order, so each stream's windows reach the
+        handlers in time order and its end after its last window."""
         for index, item in enumerate(batch):
             if isinstance(item, _Pending):
                 self._deliver(item, *outputs[index])
@@ -574,8 +664,6 @@ class Pipeline:
                 item.state.ended = True
                 for handler in self.handlers:
                     handler.on_stream_end(item.state.id)
-                ended += 1
-        return ended
 
     def _deliver(self, item: _Pending, probs: np.ndarray, embedding: np.ndarray) -> None:
         state, window = item.state, item.window

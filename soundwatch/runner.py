@@ -244,6 +244,7 @@ def run_live(
             window_s=config.windows.window,
             hop_s=config.windows.hop,
             max_pending_windows=config.pipeline.max_pending_windows,
+            max_pending_seconds=config.pipeline.max_pending_seconds,
             max_batch=config.pipeline.max_batch,
             events_window=events_window(config.events),
             on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,

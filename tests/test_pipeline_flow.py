@@ -13,7 +13,15 @@ import pytest
 
 from soundwatch.dsp.windows import MelWindow
 from soundwatch.errors import SoundwatchError
-from soundwatch.pipeline import Collector, Pipeline, StreamState, WindowQueue, _Pending, _StreamEnd
+from soundwatch.pipeline import (
+    Collector,
+    Pipeline,
+    StreamState,
+    WindowQueue,
+    _Pending,
+    _StreamEnd,
+    pending_bound,
+)
 from soundwatch.results import EVENTS, TAGS, WindowResult
 from soundwatch.stream import AudioBlock, Source, SourceStats
 
@@ -189,6 +197,48 @@ def test_live_stream_drops_while_a_waiting_stream_beside_it_loses_nothing() -> N
     assert mic_starts[-1] == 900  # the newest windows survive
 
 
+def test_pending_bound_counts_seconds_of_hops_per_series() -> None:
+    tags = {frozenset({TAGS, EVENTS}): (3.0, 0.5)}
+    two = {frozenset({TAGS}): (10.0, 1.0), frozenset({EVENTS}): (3.0, 0.5)}
+    assert pending_bound(tags, 32, None) == 32
+    assert pending_bound(tags, 32, 2.0) == 4
+    assert pending_bound(two, 32, 2.0) == 2 + 4  # both series' windows due at one boundary
+    assert pending_bound(two, 5, 2.0) == 5  # max_pending_windows still caps
+    assert pending_bound({frozenset({TAGS}): (10.0, 5.0)}, 32, 2.0) == 1  # at least one
+    with pytest.raises(SoundwatchError, match="max_pending_seconds must be positive"):
+        pending_bound(tags, 32, 0.0)
+
+
+def test_live_stream_keeps_only_max_pending_seconds_while_a_waiting_stream_is_held() -> None:
+    """Inference stalls with a bound of 0.5 s (five 0.1 s hops): the live stream keeps
+    only its newest five windows; the waiting stream is not bounded by seconds and loses
+    nothing."""
+    gate = Gate()
+    live = ScriptedSource("mic", blocks=100)  # 10 s
+    fast = ScriptedSource("file", blocks=100, waits=True)
+    collector = Collector()
+    pipeline = Pipeline(
+        [live, fast],
+        gate,
+        [collector],
+        window_s=1.0,
+        hop_s=0.1,
+        max_pending_windows=32,
+        max_pending_seconds=0.5,
+    )
+    pipeline.start()
+    wait_until(lambda: live.ended)
+    gate.opened.set()
+    assert pipeline.wait(timeout=60)
+    mic, file = pipeline.streams
+    mic_starts = [r.start_frame for r in collector.results if r.stream == "mic"]
+    assert mic_starts[-5:] == [860, 870, 880, 890, 900]
+    assert 850 not in mic_starts  # the sixth newest did not fit (32 windows would hold it)
+    assert mic.counters.windows_dropped + len(mic_starts) == 91
+    assert file.counters.windows_dropped == 0
+    assert sum(r.stream == "file" for r in collector.results) == 91
+
+
 def test_live_streams_share_one_capture_thread_and_each_keeps_its_order() -> None:
     """Twelve live sources are served by one capture thread (a waiting source keeps its
     own); every window of every stream arrives, in each stream's time order, and the
@@ -284,7 +334,9 @@ class BrokenHandler(Collector):
 def test_handler_failure_stops_the_run_with_a_clear_error() -> None:
     source = ScriptedSource("a", blocks=10_000)
     pipeline = Pipeline([source], zeros_infer, [BrokenHandler()], window_s=1.0, hop_s=0.5)
-    with pytest.raises(SoundwatchError, match="inference failed: ValueError: subscriber bug"):
+    with pytest.raises(
+        SoundwatchError, match="delivering results failed: ValueError: subscriber bug"
+    ):
         pipeline.run()
     assert source.stopped
 
