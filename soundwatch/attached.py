@@ -99,6 +99,8 @@ class AttachedSubscribers:
         topics (docs/control.md)."""
         if self.bridge is not None:
             self.bridge.set_control(endpoint)
+        if self.dashboard is not None:  # its fields per group
+            self.dashboard.history.control = endpoint
 
     def close(self) -> None:
         """Stop them; the bridge first handles the last messages already published."""

@@ -36,6 +36,11 @@ from soundwatch.security.command import curve_client_options
     type=click.Path(file_okay=False, path_type=Path),
     help="a record directory (run --record): serve its history and clips",
 )
+@click.option(
+    "--control",
+    metavar="ENDPOINT",
+    help="a control endpoint (run --control): fields to change each group's settings",
+)
 @curve_client_options
 def dashboard(
     endpoints: tuple[str, ...],
@@ -43,6 +48,7 @@ def dashboard(
     port: int,
     token: str | None,
     record: Path | None,
+    control: str | None,
     curve_secret: Path | None,
     curve_server: Path | None,
 ) -> None:
@@ -65,6 +71,7 @@ def dashboard(
             token=token,
             curve=curve,
             record=record,
+            control=control,
         )
         server.start()
         click.echo(

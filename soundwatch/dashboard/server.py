@@ -292,6 +292,7 @@ class DashboardServer:
         token: str | None = None,
         curve: CurveClient | None = None,
         record: Path | None = None,
+        control: str | None = None,
     ) -> None:
         if not endpoints:
             raise SoundwatchError("the dashboard needs at least one endpoint to subscribe to")
@@ -302,6 +303,7 @@ class DashboardServer:
         self.token = token
         self.curve = curve
         self.record = record  # the record directory whose history and clips are served
+        self.history = HistoryRoutes(record, control)  # and the groups, through control
         self.endpoints = [connectable(endpoint) for endpoint in endpoints]
         self.host = host
         self.port = port
@@ -436,7 +438,7 @@ class DashboardServer:
             routes=[
                 Route("/", self._index),
                 Route("/api/snapshot", self._snapshot_json),
-                *(HistoryRoutes(self.record).routes() if self.record is not None else []),
+                *self.history.routes(),
                 WebSocketRoute("/ws", self._websocket),
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
             ],
