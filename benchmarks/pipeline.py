@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the soundwatch command does
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the soundwatch command does
 
 import argparse
 import json
@@ -122,7 +123,7 @@ def thread_cpu() -> dict[int, float]:
 def thread_group(name: str) -> str:
     if name.startswith("stream-"):
         return "stream threads"
-    if name in ("inference", "capture", "MainThread"):
+    if name in ("inference", "delivery", "capture", "MainThread"):
         return name
     return "other python"
 
@@ -236,8 +237,9 @@ def run_once(args: argparse.Namespace) -> dict:
     )
     names = {t.native_id: t.name for t in threading.enumerate()}
     names.update({s.native_id: s.name for s in getattr(pipeline, "_threads", [])})
-    if pipeline._inference_thread is not None:
-        names[pipeline._inference_thread.native_id] = "inference"
+    for attr in ("_inference_thread", "_delivery_thread"):
+        if (thread := getattr(pipeline, attr, None)) is not None:
+            names[thread.native_id] = thread.name
     groups: dict[str, float] = {}
     for tid, seconds in marks["threads1"].items():
         name = names.get(tid)

@@ -25,6 +25,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # machines (one mn04 window: 240 ms with 2 spinning threads vs 33 ms passive, measured on
 # 2 busy cores; see docs/performance.md). Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS threads (the resampler's small matrix products) compete for the cores
+# with the model: one thread cut a 48-stream run's CPU by 30% (docs/performance.md).
+# Must be set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def user_errors(func: F) -> F:
