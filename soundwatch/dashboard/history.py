@@ -13,6 +13,9 @@ inside ``DIR/clips``; nothing else on the disk can be fetched.
   request, as bytes (0..255 over the ``mel.`` topic's range) row by row;
 - ``GET /api/groups``, ``POST /api/groups/{group}`` (JSON ``{"threshold_on": 0.3}``...):
   through the control endpoint; a refusal is a 400 with the endpoint's reason.
+
+A dashboard without a record directory (or control endpoint) answers those routes with
+``{"available": false, "reason": ...}``: the page then leaves the view out, no error.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class HistoryRoutes:
 
     def history(self, request: Request) -> Response:
         if self.dir is None:
-            return JSONResponse({"error": "no record directory: start with --record DIR"}, 404)
+            # Not an error: this dashboard has no history to show (the page hides the view).
+            return JSONResponse({"available": False, "reason": "start with --record DIR"})
         params = request.query_params
         try:
             since, until = (_when(params[k]) if params.get(k) else None for k in ("since", "until"))
@@ -159,7 +163,7 @@ class HistoryRoutes:
 
     async def _ask(self, cmd: str, **args: Any) -> Response:
         if self.control is None:
-            return JSONResponse({"error": "no control endpoint: start with --control"}, 404)
+            return JSONResponse({"available": False, "reason": "start with --control"})
         try:
             result = await run_in_threadpool(request, self.control, cmd, origin="dashboard", **args)
         except ControlRejected as error:

@@ -42,7 +42,7 @@
     for (const name of ["label", "stream"]) if (form.elements[name].value) params.set(name, form.elements[name].value);
     for (const name of ["since", "until"]) if (form.elements[name].value) params.set(name, toUnix(form.elements[name].value));
     const { status, body } = await getJson(`/api/history?${params}`);
-    if (status === 404) return false; // no record directory: no history view
+    if (body.available === false) return false; // no record directory: no history view
     $("history").hidden = false;
     if (status !== 200) {
       $("history-count").textContent = body.error;
@@ -114,7 +114,7 @@
 
   async function loadGroups() {
     const { status, body } = await getJson("/api/groups");
-    if (status === 404) {
+    if (body.available === false) {
       $("groups-hint").textContent = "start with --control to change them here";
       return;
     }
