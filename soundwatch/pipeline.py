@@ -395,8 +395,8 @@ class Pipeline:
 
         Each stream may have at most ``max_pending_windows`` windows waiting, and with
         ``max_pending_seconds`` at most that many seconds of hops per window series
-        (:func:`pending_bound`): past capacity a live stream's latency stays within a few
-        seconds and it drops its oldest windows, and a stop waits for little backlog."""
+        (:func:`pending_bound`): past capacity a live stream drops its oldest windows
+        instead of queueing many seconds of audio, and a stop waits for little backlog."""
         if read_interval_s <= 0:
             raise ValueError("read_interval_s must be positive")
         ids = [source.id for source in sources]
