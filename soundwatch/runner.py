@@ -179,18 +179,24 @@ def open_sources(config: Config) -> list[Source]:
     return opened
 
 
+def curve_server(config: Config) -> CurveServer | None:
+    """The run's CURVE keys (``security:``) for the sockets it serves, or None."""
+    security = config.security
+    if security.curve_secret is None or security.curve_allow is None:
+        return None
+    return CurveServer(security.curve_secret, security.curve_allow)
+
+
 def build_outputs(config: Config) -> list[Output]:
     outputs: list[Output] = []
     try:
         if config.publish.endpoints:
-            security = config.security
-            curve = (
-                CurveServer(security.curve_secret, security.curve_allow)
-                if security.curve_secret is not None and security.curve_allow is not None
-                else None
-            )
             outputs.append(
-                ZmqOutput(config.publish.endpoints, config.publish.high_water_mark, curve=curve)
+                ZmqOutput(
+                    config.publish.endpoints,
+                    config.publish.high_water_mark,
+                    curve=curve_server(config),
+                )
             )
         if config.publish.jsonl:
             outputs.append(JsonLinesOutput(config.publish.jsonl))
@@ -336,7 +342,7 @@ def _start_controls(
         **(previous(stream) if previous is not None else {}),
         **controls.counters(stream),
     }
-    return ControlServer(config.control.endpoint, controls).start()
+    return ControlServer(config.control.endpoint, controls, curve=curve_server(config)).start()
 
 
 def _stage_counters(

@@ -20,6 +20,7 @@ from soundwatch.config import load_config
 from soundwatch.control.client import ControlRejected, request
 from soundwatch.control.controls import Controls
 from soundwatch.control.server import ControlServer
+from soundwatch.errors import SoundwatchError
 from soundwatch.events import EventsConfig, EventsHandler, build_settings
 from soundwatch.labels import read_class_labels
 from soundwatch.results import EVENTS, WindowResult
@@ -246,3 +247,47 @@ def test_a_running_soundwatch_changed_live(shared, tmp_path: Path) -> None:
         ("control socket", "resume"),
     ]
     assert json.loads(rows[0][2])["now"]["threshold_on"] == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize(
+    ("client", "answered"),
+    [
+        ("alice", True),  # her public key is in the allow directory
+        ("mallory", False),  # a valid key pair the server does not know
+        ("impostor-server", False),  # trusts the wrong server key
+        (None, False),  # plaintext
+    ],
+)
+def test_a_curve_secured_control_endpoint_answers_only_allowed_clients(
+    tmp_path: Path, model_labels, client: str | None, answered: bool
+) -> None:
+    from soundwatch.security import CurveServer, generate_keys
+    from soundwatch.security.curve import CurveClient
+
+    generate_keys(tmp_path, "server")
+    generate_keys(tmp_path, "impostor")
+    generate_keys(tmp_path / "allow", "alice")
+    generate_keys(tmp_path, "mallory")
+    curve = {
+        "alice": lambda: CurveClient(tmp_path / "allow/alice.key_secret", tmp_path / "server.key"),
+        "mallory": lambda: CurveClient(tmp_path / "mallory.key_secret", tmp_path / "server.key"),
+        "impostor-server": lambda: CurveClient(
+            tmp_path / "allow/alice.key_secret", tmp_path / "impostor.key"
+        ),
+        None: lambda: None,
+    }[client]()
+    handler = handler_for(EventsConfig(), model_labels)
+    controls = Controls(handler, [Stream("kitchen")], lambda: handler.settings, None, None)
+    server_keys = CurveServer(tmp_path / "server.key_secret", tmp_path / "allow")
+    server = ControlServer("tcp://127.0.0.1:0", controls, curve=server_keys).start()
+    try:
+        if answered:
+            assert request(server.endpoint, "streams", curve=curve) == [
+                {"id": "kitchen", "paused": False}
+            ]
+        else:
+            with pytest.raises(SoundwatchError, match=r"no answer .* CURVE"):
+                request(server.endpoint, "streams", timeout=1.0, curve=curve)
+        assert server.requests == (1 if answered else 0)
+    finally:
+        server.close()

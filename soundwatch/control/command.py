@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ import yaml
 
 from soundwatch.control.config import DEFAULT_ENDPOINT
 from soundwatch.errors import SoundwatchError
+from soundwatch.security.command import curve_client_options
 
 
 def _ask(ctx: click.Context, cmd: str, **args: Any) -> None:
@@ -18,7 +20,9 @@ def _ask(ctx: click.Context, cmd: str, **args: Any) -> None:
     from soundwatch.control.client import request
 
     try:
-        result = request(ctx.obj["endpoint"], cmd, timeout=ctx.obj["timeout"], **args)
+        result = request(
+            ctx.obj["endpoint"], cmd, timeout=ctx.obj["timeout"], curve=ctx.obj["curve"], **args
+        )
     except SoundwatchError as error:
         click.echo(f"soundwatch: error: {error}", err=True)
         sys.exit(1)
@@ -47,10 +51,24 @@ def parse_assignments(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="the control endpoint of soundwatch run --control",
 )
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait")
+@curve_client_options
 @click.pass_context
-def ctl(ctx: click.Context, endpoint: str, timeout: float) -> None:
+def ctl(
+    ctx: click.Context,
+    endpoint: str,
+    timeout: float,
+    curve_secret: Path | None,
+    curve_server: Path | None,
+) -> None:
     """Change a running soundwatch: thresholds, groups on/off, pause streams, reload."""
-    ctx.obj = {"endpoint": endpoint, "timeout": timeout}
+    from soundwatch.security.curve import CurveClient
+
+    try:
+        curve = CurveClient.from_options(curve_secret, curve_server)
+    except SoundwatchError as error:
+        click.echo(f"soundwatch: error: {error}", err=True)
+        sys.exit(1)
+    ctx.obj = {"endpoint": endpoint, "timeout": timeout, "curve": curve}
 
 
 @ctl.command("streams")

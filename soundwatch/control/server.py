@@ -15,6 +15,7 @@ import zmq
 
 from soundwatch.control.controls import Controls
 from soundwatch.errors import SoundwatchError
+from soundwatch.security.curve import CurveServer, ServerGuard, is_loopback_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -25,23 +26,28 @@ MAX_REQUEST_BYTES = 64 * 1024
 class ControlServer:
     """Serve ``controls`` on ``endpoint`` until :meth:`close`."""
 
-    def __init__(self, endpoint: str, controls: Controls) -> None:
+    def __init__(self, endpoint: str, controls: Controls, curve: CurveServer | None = None) -> None:
+        """``curve``: serve only clients whose public keys it allows (``security:``)."""
         self.controls = controls
-        self.socket = zmq.Context.instance().socket(zmq.REP)
+        # ZAP is one handler per context: a CURVE server gets a context of its own.
+        self._context = zmq.Context() if curve is not None else None
+        self.socket = (self._context or zmq.Context.instance()).socket(zmq.REP)
+        self.guard: ServerGuard | None = None
+        if curve is not None:
+            self.guard = curve.secure(self.socket, f"control {endpoint}")
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as error:
             self.socket.close()
+            self._release()
             raise SoundwatchError(
                 f"cannot listen for control on {endpoint}: {error}; choose another "
                 "control.endpoint (--control)"
             ) from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if endpoint.startswith("tcp://") and not endpoint.startswith(
-            ("tcp://127.", "tcp://localhost", "tcp://[::1]")
-        ):
+        if curve is None and not is_loopback_endpoint(endpoint):
             log.warning(
                 "the control endpoint %s is reachable from other machines and has no "
                 "authentication: anyone there can change thresholds and pause streams",
@@ -80,8 +86,21 @@ class ControlServer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5.0)
+            if self._thread.is_alive():  # its socket is still open: the context cannot end
+                log.warning("the control thread did not stop within 5 s")
+                return
         else:
             self.socket.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Stop authenticating and drop the CURVE context (after the socket closed)."""
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
 
 
 def _origin(request: dict) -> str:
