@@ -105,6 +105,7 @@ class PublishConfig(StrictModel):
     wait_timeout: float = Field(default=10.0, ge=0.0, le=3600.0)
     smoothing: SmoothingConfig = Field(default_factory=lambda: SmoothingConfig())
     mel: Literal["auto", "on", "off"] = "auto"
+    embeddings: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("endpoints")
     @classmethod

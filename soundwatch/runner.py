@@ -376,6 +376,7 @@ def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) 
         smoothing=config.publish.smoothing.method,
         smoothing_width=config.publish.smoothing.width,
         mel=config.publish.mel,
+        embeddings=config.publish.embeddings,
         groups=groups,
         backend=f"{tagger.worker.backend}/{tagger.worker.device.type}",
     )

@@ -17,7 +17,7 @@ from soundwatch.errors import SoundwatchError
 from soundwatch.results import TAGS, StreamReport, WindowResult
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MEL_BINS, MelTap
-from soundwatch.sinks.messages import Event, Mel, Status, Tags
+from soundwatch.sinks.messages import Embedding, Event, Mel, Status, Tags
 from soundwatch.sinks.publisher import JsonLinesOutput, Publisher, ZmqOutput
 from soundwatch.sinks.smoothing import TagSmoother
 
@@ -59,7 +59,7 @@ def result(stream: str, index: int, probs: np.ndarray, final: bool = False) -> W
         t_end=1003.0 + index * 0.5,
         offset_s=index * 0.5,
         probs=probs.astype(np.float32),
-        embedding=np.zeros(4, np.float32),
+        embedding=np.arange(4, dtype=np.float32) + index,
         t_ingest=time.monotonic(),
         final=final,
         purposes=frozenset({TAGS}),
@@ -209,6 +209,31 @@ def test_mel_is_published_only_while_a_subscriber_asks_for_it(wired):
             live.on_tick()
             live._next_mel = 0.0
         assert not tap.active
+
+
+def test_embeddings_are_published_only_while_a_subscriber_asks_for_them(wired):
+    output, publisher, _, live, _ = wired
+    endpoint = output.endpoints[0]
+    with Subscriber(endpoint, topics=["", "tags."]) as everything:  # neither asks for them
+        connected(publisher, everything)
+        live.on_result(result("a", 0, np.full(6, 0.1)))
+        got = drain(everything)
+        assert any(isinstance(m, Tags) for m in got)
+        assert not any(isinstance(m, Embedding) for m in got)
+        with Subscriber(endpoint, topics=["embeddings.a", "events.probe"]) as reader:
+            connected(publisher, reader)
+            live._next_embeddings = 0.0  # re-check the subscriptions now, not in 0.5 s
+            for i in (1, 2):
+                live.on_result(result("a", i, np.full(6, 0.1)))
+            embeddings = [m for m in drain(reader) if isinstance(m, Embedding)]
+        assert [m.seq for m in embeddings] == [0, 1]
+        np.testing.assert_array_equal(embeddings[1].embedding, [2.0, 3.0, 4.0, 5.0])
+        assert embeddings[1].embedding.dtype == np.float32
+        assert (embeddings[1].t_start, embeddings[1].t_end) == (1001.0, 1004.0)
+        deadline = time.monotonic() + 10
+        while live._wants_embeddings() and time.monotonic() < deadline:  # the reader left
+            live._next_embeddings = 0.0
+        assert not live._wants_embeddings()
 
 
 # --- publisher failures ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ subscriber that never reads does not slow the publisher or another subscriber.""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -15,6 +16,7 @@ import zmq
 from soundwatch.client import Subscriber
 from soundwatch.sinks.messages import (
     SCHEMA_VERSION,
+    Embedding,
     Event,
     MalformedMessage,
     Status,
@@ -22,7 +24,7 @@ from soundwatch.sinks.messages import (
     decode,
     encode,
 )
-from soundwatch.sinks.publisher import Publisher, ZmqOutput
+from soundwatch.sinks.publisher import Publisher, ZmqOutput, to_json
 
 
 def make_tags(stream: str = "kitchen", n: int = 527) -> Tags:
@@ -35,6 +37,9 @@ def test_round_trip_all_kinds() -> None:
         make_tags(),
         Status(stream="s", t_start=0.0, t_end=1.0, model="mn04", labels=["a"], counters={"x": 1}),
         Event(stream="s", t_start=2.0, t_end=3.0, label="Dog", onset=2.0, offset=3.0, peak=0.7),
+        Embedding(
+            stream="s", t_start=1.0, t_end=4.0, embedding=np.linspace(-2, 3, 960, dtype="f4")
+        ),
     ]
     for message in messages:
         message.seq, message.t_pub = 7, 123.0
@@ -47,6 +52,12 @@ def test_round_trip_all_kinds() -> None:
                 np.testing.assert_array_equal(getattr(back, name), value)
             else:
                 assert getattr(back, name) == value, name
+
+
+def test_embedding_as_json_lines_is_a_list_of_floats() -> None:
+    message = Embedding(stream="s", t_start=1.0, t_end=4.0, embedding=np.array([0.5, -1.25], "f4"))
+    body = json.loads(json.dumps(to_json(message)))
+    assert body["kind"] == "embeddings" and body["embedding"] == [0.5, -1.25]
 
 
 def packed(**fields: object) -> bytes:
@@ -72,6 +83,7 @@ STATUS = {"probs": None, "top": None, "model": "mn04", "labels": [], "labels_sha
           "window": 3.0, "hop": 0.5, "source": {}, "counters": {}, "latency": {}}  # fmt: skip
 MEL = {"probs": None, "top": None, "frames": b"\x00" * 8, "bins": 4, "frame_rate": 100.0,
        "lo": -1.5, "hi": 3.0}  # fmt: skip
+EMB = {"probs": None, "top": None, "embedding": np.ones(4, "<f4").tobytes()}
 
 MALFORMED = [
     # (topic, payload, what the error must say)
@@ -110,6 +122,23 @@ MALFORMED = [
     (b"mel.s", packed(kind="mel", **{**MEL, "frames": b"\x00" * 5}), "whole rows of 4 bins"),
     (b"mel.s", packed(kind="mel", **{**MEL, "bins": 0}), "whole rows of 0 bins"),
     (b"mel.s", packed(kind="mel", **{**MEL, "lo": "dark"}), "field 'lo' has type str"),
+    (
+        b"embeddings.s",
+        packed(kind="embeddings", **{**EMB, "embedding": None}),
+        "lacks fields ['embedding']",
+    ),
+    (
+        b"embeddings.s",
+        packed(kind="embeddings", **{**EMB, "embedding": b"\x00" * 5}),
+        "embeddings message on topic b'embeddings.s': embedding is not float32 bytes",
+    ),
+    (
+        b"embeddings.s",
+        packed(kind="embeddings", **{**EMB, "embedding": [1.0, 2.0]}),
+        "embedding is not float32 bytes",
+    ),
+    (b"embeddings.s", packed(kind="embeddings", **{**EMB, "embedding": b""}), "embedding is empty"),
+    (b"embeddings.other", packed(kind="embeddings", **EMB), "does not match its payload"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Turn window results into published ``tags``, ``mel`` and periodic ``status`` messages.
+"""Turn window results into published ``tags``, ``embeddings``, ``mel`` and periodic
+``status`` messages.
 
 Runs on the pipeline's inference thread. Per stream it smooths the tag probabilities
 across windows (:class:`~soundwatch.sinks.smoothing.TagSmoother`) and scores the event
@@ -21,11 +22,12 @@ import numpy as np
 
 from soundwatch.results import TAGS, StreamReport, WindowResult
 from soundwatch.sinks.mel import MEL_INTERVAL_S, MelTap
-from soundwatch.sinks.messages import Status, Tags
+from soundwatch.sinks.messages import Embedding, Status, Tags
 from soundwatch.sinks.publisher import Publisher
 from soundwatch.sinks.smoothing import TagSmoother
 
 LATENCY_HISTORY = 2048  # windows kept per stream for latency percentiles
+WANTS_INTERVAL_S = 0.5  # how often ``auto`` embeddings re-check the subscriptions
 
 
 def top_labels(probs: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -68,6 +70,7 @@ class LiveSettings:
     smoothing: str = "ema"
     smoothing_width: float = 1.0
     mel: str = "auto"  # auto (while a subscriber asks for mel.) | on | off
+    embeddings: str = "auto"  # auto (while a subscriber asks for embeddings.) | on | off
     groups: GroupTable | None = None
     backend: str = ""  # what runs the model ("onnx/cpu", "torch/cuda"), shown in status
     labels_sha256: str = field(init=False)
@@ -114,6 +117,8 @@ class LivePublisher:
         self.smoothers: dict[str, TagSmoother] = {}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
         self._next_mel = time.monotonic()
+        self._embeddings = settings.embeddings == "on"
+        self._next_embeddings = 0.0  # when ``auto`` next asks the publisher (at once first)
 
     def on_result(self, result: WindowResult) -> None:
         if TAGS not in result.purposes:
@@ -144,8 +149,27 @@ class LivePublisher:
                 head=head,
             )
         )
+        if self._wants_embeddings():
+            self.publisher.publish(
+                Embedding(
+                    stream=result.stream,
+                    t_start=result.t_start,
+                    t_end=result.t_end,
+                    embedding=result.embedding.astype(np.float32, copy=False),
+                )
+            )
         latencies = self.latencies.setdefault(result.stream, deque(maxlen=LATENCY_HISTORY))
         latencies.append(time.monotonic() - result.t_ingest)
+
+    def _wants_embeddings(self) -> bool:
+        """``on``, or ``auto`` while a subscriber asked for ``embeddings.`` (re-checked every
+        :data:`WANTS_INTERVAL_S`: asking the socket per window would cost more)."""
+        if self.settings.embeddings == "auto":
+            now = time.monotonic()
+            if now >= self._next_embeddings:
+                self._next_embeddings = now + WANTS_INTERVAL_S
+                self._embeddings = self.publisher.wants("embeddings")
+        return self._embeddings
 
     def on_tick(self) -> None:
         now = time.monotonic()

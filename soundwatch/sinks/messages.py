@@ -2,7 +2,7 @@
 
 Every message travels as a two-part ZeroMQ message ``[topic, payload]``; the topic is
 ``<kind>.<stream>`` (``tags.kitchen``, ``status.kitchen``, ``events.kitchen``,
-``mel.kitchen``) and the
+``mel.kitchen``, ``embeddings.kitchen``) and the
 payload a msgpack map holding the common envelope (``v``, ``kind``, ``stream``, ``seq``,
 ``t_start``, ``t_end``, ``t_pub``) plus the fields of its kind. ``seq`` counts from 0 and
 is contiguous per topic, so a subscriber sees exactly what it missed.
@@ -24,7 +24,7 @@ import numpy as np
 from soundwatch.errors import SoundwatchError
 
 SCHEMA_VERSION = 1
-KINDS = ("tags", "status", "events", "mel")
+KINDS = ("tags", "status", "events", "mel", "embeddings")
 
 
 class MalformedMessage(SoundwatchError):
@@ -133,7 +133,19 @@ class Mel(Envelope):
     hi: float = 1.0
 
 
-MESSAGE_TYPES: dict[str, type[Envelope]] = {cls.kind: cls for cls in (Tags, Status, Event, Mel)}
+@dataclass
+class Embedding(Envelope):
+    """The model's embedding of one tagged window (the vector its heads read), for custom
+    classifiers downstream. ``embedding`` travels as little-endian float32 bytes like
+    ``probs``; only published when asked for (``publish.embeddings``)."""
+
+    kind: ClassVar[str] = "embeddings"
+    embedding: np.ndarray = field(default_factory=_no_floats)
+
+
+MESSAGE_TYPES: dict[str, type[Envelope]] = {
+    cls.kind: cls for cls in (Tags, Status, Event, Mel, Embedding)
+}
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
     "tags": frozenset({"smoothed", "groups", "head"}),
@@ -142,6 +154,7 @@ ADDED_FIELDS: dict[str, frozenset[str]] = {
     ),
     "events": frozenset({"record_id"}),
     "mel": frozenset(),
+    "embeddings": frozenset(),  # the kind itself is an addition: older clients skip it
 }
 
 
@@ -160,6 +173,8 @@ def encode(message: Envelope) -> tuple[bytes, bytes]:
         body["head"] = {label: float(p) for label, p in message.head.items()}
     elif isinstance(message, Mel):
         body["frames"] = np.ascontiguousarray(message.frames, dtype=np.uint8).tobytes()
+    elif isinstance(message, Embedding):
+        body["embedding"] = _float32_bytes(message.embedding)
     return message.topic.encode(), msgpack.packb(body, use_bin_type=True)
 
 
@@ -172,9 +187,9 @@ def _float32_bytes(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype="<f4").tobytes()
 
 
-def _float32_array(topic: bytes, name: str, data: object) -> np.ndarray:
+def _float32_array(topic: bytes, name: str, data: object, kind: str = "tags") -> np.ndarray:
     if not isinstance(data, bytes) or len(data) % 4:
-        raise MalformedMessage(f"tags message on topic {topic!r}: {name} is not float32 bytes")
+        raise MalformedMessage(f"{kind} message on topic {topic!r}: {name} is not float32 bytes")
     return np.frombuffer(data, dtype="<f4")
 
 
@@ -240,6 +255,10 @@ def decode(topic: bytes, payload: bytes) -> Envelope:
         body["top"] = [(label, float(p)) for label, p in body["top"]]
     elif kind == "mel":
         body["frames"] = _mel_frames(topic, body)
+    elif kind == "embeddings":
+        body["embedding"] = _float32_array(topic, "embedding", body["embedding"], kind)
+        if not len(body["embedding"]):
+            raise MalformedMessage(f"embeddings message on topic {topic!r}: embedding is empty")
     message = cls(**body)
     expected_topic = message.topic.encode()
     if topic != expected_topic:

@@ -22,7 +22,7 @@ import zmq
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.security.curve import CurveServer, ServerGuard, is_loopback_endpoint
-from soundwatch.sinks.messages import SCHEMA_VERSION, Envelope, Mel, Tags, encode
+from soundwatch.sinks.messages import SCHEMA_VERSION, Embedding, Envelope, Mel, Tags, encode
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ def to_json(message: Envelope) -> dict:
         body["groups"] = {name: round(float(s), 6) for name, s in message.groups.items()}
     elif isinstance(message, Mel):
         body["frames"] = np.asarray(message.frames, dtype=np.uint8).tolist()
+    elif isinstance(message, Embedding):
+        body["embedding"] = _rounded(message.embedding)
     return body
 
 
