@@ -26,6 +26,16 @@ Backpressure is per stream (:class:`WindowQueue`): a live stream that falls behi
 its own oldest windows (counted per window series, with a rate-limited warning); a source
 that can wait (``Source.waits_when_behind``: a fast-paced file, a pipe) is held instead,
 so nothing of it is lost. One stream never evicts another's windows.
+
+Faults of the model (see docs/reliability.md): a forward pass that raises is logged with its
+traceback and counted (``inference_failures``), its windows are dropped and counted per
+stream (``windows_failed``) and inference goes on with the next batch; failures that keep
+coming (:data:`MAX_INFERENCE_FAILURES` within :data:`INFERENCE_FAILURE_PERIOD_S`) end
+:meth:`Pipeline.run` with a :class:`SoundwatchError` naming the cause. A **watchdog
+thread** notices a forward pass that has not returned after ``inference_timeout`` s
+(logged, counted as ``inference_stalls``, ``inference_stalled`` while it lasts) and ends the
+run after ``inference_deadline`` s; meanwhile the capture thread goes on and the bounded
+queue counts the live streams' drops.
 """
 
 from __future__ import annotations
@@ -56,6 +66,15 @@ SHUTDOWN_TIMEOUT_S = 10.0
 READ_INTERVAL_S = 0.05
 #: Rate limit of the "falling behind" warning, per stream.
 DROP_WARNING_INTERVAL_S = 5.0
+#: This many failed forward passes within :data:`INFERENCE_FAILURE_PERIOD_S` end the run:
+#: one failure (a transient CUDA error, a bad batch) costs one batch; a broken model or
+#: device fails every pass and must not leave a process that publishes nothing.
+MAX_INFERENCE_FAILURES = 5
+INFERENCE_FAILURE_PERIOD_S = 60.0
+#: A forward pass running longer than this is reported as stalled (logged, counted).
+INFERENCE_TIMEOUT_S = 30.0
+#: A forward pass running longer than this ends the run (it cannot be interrupted).
+INFERENCE_DEADLINE_S = 120.0
 
 
 @dataclass
@@ -68,6 +87,7 @@ class StreamCounters:
     resyncs: int = 0  # the source lost audio (device restart, overflow): windows restarted
     nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
     paused_samples: int = 0  # not tagged: the stream was paused (runtime control)
+    windows_failed: int = 0  # dropped because their forward pass raised (model fault)
 
 
 @dataclass
@@ -77,6 +97,15 @@ class BatchCounters:
     forward_passes: int = 0
     windows: int = 0
     multi_stream_passes: int = 0  # passes holding windows of more than one stream
+
+
+@dataclass
+class FaultCounters:
+    """Faults of the model noticed by the inference thread and its watchdog."""
+
+    inference_failures: int = 0  # forward passes that raised (their windows dropped)
+    inference_stalls: int = 0  # forward passes that ran past the inference timeout
+    inference_stalled: int = 0  # 1 while a forward pass is past the timeout
 
 
 @dataclass
@@ -387,6 +416,8 @@ class Pipeline:
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
         on_audio: Callable[[str, AudioBlock], None] | None = None,
         read_interval_s: float = READ_INTERVAL_S,
+        inference_timeout: float = INFERENCE_TIMEOUT_S,
+        inference_deadline: float = INFERENCE_DEADLINE_S,
     ) -> None:
         """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
         called on the capture or stream threads with every batch of mel frames and every
@@ -396,9 +427,14 @@ class Pipeline:
         Each stream may have at most ``max_pending_windows`` windows waiting, and with
         ``max_pending_seconds`` at most that many seconds of hops per window series
         (:func:`pending_bound`): past capacity a live stream drops its oldest windows
-        instead of queueing many seconds of audio, and a stop waits for little backlog."""
+        instead of queueing many seconds of audio, and a stop waits for little backlog.
+
+        A forward pass running past ``inference_timeout`` s is reported as stalled; past
+        ``inference_deadline`` s it ends the run (see the module docstring)."""
         if read_interval_s <= 0:
             raise ValueError("read_interval_s must be positive")
+        if not 0 < inference_timeout <= inference_deadline:
+            raise ValueError("need 0 < inference_timeout <= inference_deadline")
         ids = [source.id for source in sources]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -417,7 +453,15 @@ class Pipeline:
             if not state.block_when_full:  # a source that waits loses nothing: no need
                 self.queue.set_limit(state, live_bound)
         self.batches = BatchCounters()
+        self.faults = FaultCounters()
         self.read_interval_s = read_interval_s
+        self.inference_timeout = inference_timeout
+        self.inference_deadline = inference_deadline
+        self._failure_times: deque[float] = deque(maxlen=MAX_INFERENCE_FAILURES)
+        self._pass_started: float | None = None  # monotonic start of the running forward pass
+        self._inference_done = threading.Event()  # the inference thread has finished
+        self._abandoned = threading.Event()  # the watchdog gave up on a hung forward pass
+        self._watchdog_thread: threading.Thread | None = None
         self._capturing: StreamState | None = None  # the stream the capture thread is on
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -435,6 +479,11 @@ class Pipeline:
     def error(self) -> BaseException | None:
         """The first error of any thread, or None."""
         return self.errors[0][1] if self.errors else None
+
+    def fault_counters(self) -> dict[str, int]:
+        """The model's fault counters (``inference_failures``, ``inference_stalls``,
+        ``inference_stalled``), for status's ``inference`` field."""
+        return {name: int(value) for name, value in vars(self.faults).items()}
 
     def reports(self) -> list[StreamReport]:
         """Every stream's current report (what status messages publish)."""
@@ -473,6 +522,10 @@ class Pipeline:
             target=self._run_delivery, name="delivery", daemon=True
         )
         self._delivery_thread.start()
+        self._watchdog_thread = threading.Thread(
+            target=self._run_watchdog, name="inference-watchdog", daemon=True
+        )
+        self._watchdog_thread.start()
 
     def stop(self) -> None:
         """Ask every thread to finish: sources stop, their last windows are still tagged."""
@@ -482,7 +535,12 @@ class Pipeline:
         """Wait until all streams ended and their windows were delivered (True) or timeout."""
         assert self._inference_thread is not None and self._delivery_thread is not None
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in [*self._threads, self._inference_thread, self._delivery_thread]:
+        threads = [*self._threads, self._delivery_thread, self._watchdog_thread]
+        if not self._abandoned.is_set():  # a hung forward pass is not waited for
+            threads.append(self._inference_thread)
+        for thread in threads:
+            if thread is None:
+                continue
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
             if thread.is_alive():
@@ -589,7 +647,11 @@ class Pipeline:
         the model (which releases the GIL) runs while the previous batch is published."""
         ended = 0
         try:
-            while ended < len(self.streams) and not self._delivery_failed.is_set():
+            while (
+                ended < len(self.streams)
+                and not self._delivery_failed.is_set()
+                and not self._abandoned.is_set()
+            ):
                 batch = self.queue.take(self.max_batch, timeout=0.05)
                 if batch:
                     outputs = self._infer_batch(batch)
@@ -601,11 +663,12 @@ class Pipeline:
             self._stop.set()
         finally:
             self.queue.close()
+            self._inference_done.set()
             self._hand_over(None)
 
     def _hand_over(self, item: tuple[list[_Item], dict] | None) -> None:
         """Queue for the delivery thread, waiting for room unless it failed."""
-        while not self._delivery_failed.is_set():
+        while not self._delivery_failed.is_set() and not self._abandoned.is_set():
             try:
                 self._delivery.put(item, timeout=0.1)
                 return
@@ -620,6 +683,8 @@ class Pipeline:
                 try:
                     item = self._delivery.get(timeout=0.05)
                 except queue_module.Empty:
+                    if self._abandoned.is_set():  # inference hung: nothing more will come
+                        break
                     item = ()
                 if item is None:
                     break
@@ -644,13 +709,85 @@ class Pipeline:
         outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for indices in by_length.values():
             items = [batch[i] for i in indices]
-            probs, embeddings = self.infer(np.stack([item.window.mel for item in items]))
+            self._pass_started = time.monotonic()
+            try:
+                probs, embeddings = self.infer(np.stack([item.window.mel for item in items]))
+            except Exception as error:  # the batch is lost; inference goes on (or gives up)
+                self._inference_failed(items, error)
+                continue
+            finally:
+                self._pass_ended()
             self.batches.forward_passes += 1
             self.batches.windows += len(items)
             self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
             for i, p, e in zip(indices, probs, embeddings, strict=True):
                 outputs[i] = (p, e)
         return outputs
+
+    def _inference_failed(self, items: list[_Pending], error: Exception) -> None:
+        """Count a failed forward pass and its windows (per stream); raise a
+        :class:`SoundwatchError` when failures keep coming (see MAX_INFERENCE_FAILURES)."""
+        now = time.monotonic()
+        self.faults.inference_failures += 1
+        for item in items:
+            with item.state._lock:
+                item.state.counters.windows_failed += 1
+        streams = sorted({item.state.id for item in items})
+        log.error(
+            "a forward pass failed; its %d window(s) (streams %s) are lost, inference goes on",
+            len(items),
+            ", ".join(streams),
+            exc_info=error,
+        )
+        self._failure_times.append(now)
+        if (
+            len(self._failure_times) == MAX_INFERENCE_FAILURES
+            and now - self._failure_times[0] <= INFERENCE_FAILURE_PERIOD_S
+        ):
+            raise SoundwatchError(
+                f"inference failed {MAX_INFERENCE_FAILURES} times within "
+                f"{INFERENCE_FAILURE_PERIOD_S:g} s (last: {type(error).__name__}: {error}); "
+                "the model or its device is broken: see the log for the tracebacks"
+            ) from error
+
+    def _pass_ended(self) -> None:
+        started, self._pass_started = self._pass_started, None
+        if self.faults.inference_stalled and started is not None:
+            self.faults.inference_stalled = 0
+            log.warning(
+                "the stalled forward pass returned after %.1f s", time.monotonic() - started
+            )
+
+    def _run_watchdog(self) -> None:
+        """Notice a forward pass that does not return: report it past the timeout, end the
+        run past the deadline (the pass cannot be interrupted; its thread is left behind)."""
+        reported: float | None = None  # start of the pass already reported as stalled
+        while not self._inference_done.wait(min(0.5, self.inference_timeout / 4)):
+            started = self._pass_started
+            if started is None:
+                continue
+            elapsed = time.monotonic() - started
+            if elapsed >= self.inference_deadline:
+                error = SoundwatchError(
+                    f"a forward pass has not returned after {elapsed:.1f} s "
+                    f"(deadline {self.inference_deadline:g} s): the model or its device hangs"
+                )
+                log.error("%s; stopping every stream", error)
+                self.errors.append(("inference", error))
+                self._abandoned.set()
+                self._stop.set()
+                self.queue.close()  # waiting sources return; their windows count as dropped
+                return
+            if elapsed >= self.inference_timeout and reported != started:
+                reported = started
+                self.faults.inference_stalls += 1
+                self.faults.inference_stalled = 1
+                log.error(
+                    "a forward pass has run for %.1f s (timeout %g s): inference is stalled; "
+                    "live streams drop their oldest windows meanwhile",
+                    elapsed,
+                    self.inference_timeout,
+                )
 
     def _deliver_batch(
         self, batch: list[_Item], outputs: dict[int, tuple[np.ndarray, np.ndarray]]
@@ -659,7 +796,8 @@ class Pipeline:
         handlers in time order and its end after its last window."""
         for index, item in enumerate(batch):
             if isinstance(item, _Pending):
-                self._deliver(item, *outputs[index])
+                if index in outputs:  # else its forward pass failed (counted)
+                    self._deliver(item, *outputs[index])
             else:
                 item.state.ended = True
                 for handler in self.handlers:

@@ -14,6 +14,7 @@ import pytest
 from soundwatch.dsp.windows import MelWindow
 from soundwatch.errors import SoundwatchError
 from soundwatch.pipeline import (
+    MAX_INFERENCE_FAILURES,
     Collector,
     Pipeline,
     StreamState,
@@ -316,14 +317,23 @@ def test_a_failing_stream_is_reported_and_the_others_go_on(caplog) -> None:
 
 
 def test_inference_failure_stops_every_stream_with_a_clear_error() -> None:
+    """A model that fails every pass: each failure is survived until MAX_INFERENCE_FAILURES
+    within a minute, then the run ends naming the cause (see test_faults.py for one)."""
+
     def broken_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise RuntimeError("CUDA error: out of memory")
 
     sources = [ScriptedSource("a", blocks=10_000), ScriptedSource("b", blocks=10_000, waits=True)]
     pipeline = Pipeline(sources, broken_infer, [], window_s=1.0, hop_s=0.5)
-    with pytest.raises(SoundwatchError, match="inference failed: RuntimeError: CUDA error"):
+    with pytest.raises(
+        SoundwatchError,
+        match=rf"inference failed {MAX_INFERENCE_FAILURES} times within 60 s "
+        r"\(last: RuntimeError: CUDA error: out of memory\); the model or its device is broken",
+    ):
         pipeline.run()
     assert all(s.stopped for s in sources)
+    assert pipeline.faults.inference_failures == MAX_INFERENCE_FAILURES
+    assert sum(s.counters.windows_failed for s in pipeline.streams) >= MAX_INFERENCE_FAILURES
 
 
 class BrokenHandler(Collector):
