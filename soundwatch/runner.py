@@ -272,7 +272,7 @@ def run_live(
             extra_counters=_stage_counters(events, recorder, heads),
             mel_tap=mel_tap,
             heads=heads,
-            inference=inference.snapshot,
+            inference=lambda: {**inference.snapshot(), **pipeline.fault_counters()},
         )
         pipeline.handlers.append(live)
         control = _start_controls(config, config_path, tagger, events, pipeline, recorder, live)
