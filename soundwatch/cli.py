@@ -580,6 +580,10 @@ from soundwatch.training.command import finetune  # noqa: E402 (registered after
 
 main.add_command(finetune)
 
+from soundwatch.recorder.record_command import record  # noqa: E402 (registered after main)
+
+main.add_command(record)
+
 
 if __name__ == "__main__":
     main()

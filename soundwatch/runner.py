@@ -33,6 +33,7 @@ from soundwatch.models import (
     resolve_bundle_file,
 )
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
+from soundwatch.recorder.examples import LiveAudio
 from soundwatch.recorder.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ def run_live(
             recorder = Recorder(
                 config.recorder, tagger.labels, tagger.loaded.name, streams=[s.id for s in sources]
             )
+        audio = _live_audio(config, recorder)
         inference = InferenceStats(tagger.worker.infer)  # batch sizes and times, for status
         pipeline = Pipeline(
             sources,
@@ -254,7 +256,7 @@ def run_live(
             max_batch=config.pipeline.max_batch,
             events_window=events_window(config.events),
             on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,
-            on_audio=recorder.on_audio if recorder is not None else None,
+            on_audio=recorder.on_audio if recorder is not None else audio and audio.on_audio,
         )
         events = tagger.events_handler(config.events, publisher.publish)
         if events is not None:
@@ -275,7 +277,9 @@ def run_live(
             inference=lambda: {**inference.snapshot(), **pipeline.fault_counters()},
         )
         pipeline.handlers.append(live)
-        control = _start_controls(config, config_path, tagger, events, pipeline, recorder, live)
+        control = _start_controls(
+            config, config_path, tagger, events, pipeline, recorder, live, audio
+        )
         if control is not None:
             notes.append(f"control on {control.endpoint} (soundwatch ctl --endpoint ...)")
             attached.attach_control(control.endpoint)
@@ -298,6 +302,16 @@ def run_live(
     return pipeline
 
 
+def _live_audio(config: Config, recorder: Recorder | None) -> LiveAudio | None:
+    """The last seconds of each stream for ``soundwatch record`` (with ``--control``): the
+    recorder's rings when it runs, else small rings of its own (recorder.example_seconds)."""
+    if config.control.endpoint is None:
+        return None
+    if recorder is not None:
+        return LiveAudio(config.recorder.ring_seconds, rings=recorder.rings)
+    return LiveAudio(config.recorder.example_seconds)
+
+
 def _start_controls(
     config: Config,
     config_path: Path | None,
@@ -306,6 +320,7 @@ def _start_controls(
     pipeline: Pipeline,
     recorder: Recorder | None,
     live: LivePublisher,
+    audio: LiveAudio | None = None,
 ) -> ControlServer | None:
     """Runtime control (docs/control.md) when ``control.endpoint`` is set: changes are
     written to the history, shown in status and, with ``control.persist``, kept in the
@@ -333,7 +348,7 @@ def _start_controls(
             live.settings = replace(live.settings, groups=replace(groups, thresholds=thresholds))
 
     overlay = overlay_path(config_path, config.control.overlay) if config.control.persist else None
-    controls = Controls(events, pipeline.streams, reload, overlay, on_change)
+    controls = Controls(events, pipeline.streams, reload, overlay, on_change, audio)
     if controls.apply_overlay():
         log.info("applied the runtime changes kept in %s", overlay)
         on_change("overlay", "start", {"overlay": str(overlay)})

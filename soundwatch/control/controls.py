@@ -3,24 +3,30 @@
 :class:`Controls` lists streams and event groups, gets and sets a group's settings
 (validated like the config by :meth:`EventsHandler.update`; a rejected change leaves
 everything as it was and says why), pauses and resumes streams, and reloads the config
-file. Every applied change is passed to ``on_change`` (the runner writes it to the history
+file, and cuts the last seconds of a stream's audio for ``soundwatch record``. Every
+applied change is passed to ``on_change`` (the runner writes it to the history
 and publishes status at once) and, with ``overlay``, kept in the overlay file.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.handler import EventsHandler
+from soundwatch.stream.resample import TARGET_RATE
+
+if TYPE_CHECKING:
+    from soundwatch.recorder.ring import Cut
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,14 @@ OVERLAY_HEADER = (
     "# Runtime changes kept by soundwatch (control.persist); applied over the config at\n"
     "# start. Delete this file to go back to the config alone.\n"
 )
+
+
+class RecentAudio(Protocol):
+    """The last seconds of each stream (``soundwatch.recorder.examples.LiveAudio``)."""
+
+    seconds: float
+
+    def last(self, stream: str, seconds: float) -> Cut: ...
 
 
 class Pausable(Protocol):
@@ -59,8 +73,10 @@ class Controls:
         reload: Callable[[], DetectorSettings] | None = None,
         overlay: Path | None = None,
         on_change: Callable[[str, str, dict[str, Any]], None] | None = None,
+        audio: RecentAudio | None = None,
     ) -> None:
         self.events = events
+        self.audio = audio
         self.streams = {s.id: s for s in streams}
         self._reload = reload
         self.overlay = overlay
@@ -82,6 +98,7 @@ class Controls:
             "pause": lambda r, o: self.pause(_arg(r, "stream"), o),
             "resume": lambda r, o: self.resume(_arg(r, "stream"), o),
             "reload": lambda r, o: self.reload(o),
+            "record": lambda r, o: self.record(_arg(r, "stream"), _seconds(r), o),
         }
         if cmd not in commands:
             return {
@@ -114,6 +131,27 @@ class Controls:
             "paused": int(bool(s is not None and s.paused)),
             "control_changes": self.changes,
             "events_groups_disabled": disabled,
+        }
+
+    def record(self, stream: str, seconds: float, origin: str) -> dict[str, Any]:
+        """The last ``seconds`` of ``stream``'s audio: 32 kHz mono float32 little-endian,
+        base64, with the time of its first sample (Unix s, capture clock)."""
+        if stream not in self.streams:
+            raise SoundwatchError(
+                f"no stream {stream!r}; the streams are: {', '.join(self.streams)}"
+            )
+        if self.audio is None:
+            raise SoundwatchError(
+                "this run keeps no audio ring: record needs soundwatch run --control"
+            )
+        cut = self.audio.last(stream, seconds)
+        log.info("control (%s): recorded the last %g s of %s", origin, seconds, stream)
+        return {
+            "stream": stream,
+            "rate": TARGET_RATE,
+            "t_start": cut.t_start,
+            "t_end": cut.t_end,
+            "samples": base64.b64encode(cut.samples.astype("<f4").tobytes()).decode("ascii"),
         }
 
     # --- changing ------------------------------------------------------------------
@@ -219,3 +257,10 @@ def _arg(request: dict[str, Any], name: str, kind: type = str) -> Any:
     if not isinstance(value, kind):
         raise SoundwatchError(f"{request.get('cmd')} needs {name} ({kind.__name__})")
     return value
+
+
+def _seconds(request: dict[str, Any]) -> float:
+    value = request.get("seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SoundwatchError("record needs seconds (a number)")
+    return float(value)

@@ -51,6 +51,14 @@ class RecorderConfig(StrictModel):
         description="seconds of audio kept beyond max_clip for the event's end to be known "
         "(detector latency, inference backlog)",
     )
+    example_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=600.0,
+        description="audio kept per stream for soundwatch record when the control endpoint "
+        "is on and the recorder off (128 kB per second per stream); with the recorder on, "
+        "its ring (max_clip + ring_slack) serves",
+    )
     privacy: Literal[PRIVACY_MODES] = "drop_speech"  # type: ignore[valid-type]
     speech_threshold: float = Field(
         default=0.5,

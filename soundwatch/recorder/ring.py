@@ -104,3 +104,19 @@ class AudioRing:
             out[:first] = self._buf[start : start + first]
             out[first:] = self._buf[: hi - lo - first]
             return Cut(out, seg_t + (lo - seg_index) / self.rate)
+
+    def last(self, seconds: float) -> Cut | None:
+        """Up to the newest ``seconds`` of audio, all from the newest segment (audio before
+        a loss is never joined to audio after it); None before any audio."""
+        with self._lock:
+            if not self._segments:
+                return None
+            seg_index, seg_t = self._segments[-1]
+            hi = self._written
+            lo = max(hi - round(seconds * self.rate), seg_index, hi - self.capacity)
+            out = np.empty(hi - lo, dtype=np.float32)
+            start = lo % self.capacity
+            first = min(self.capacity - start, hi - lo)
+            out[:first] = self._buf[start : start + first]
+            out[first:] = self._buf[: hi - lo - first]
+            return Cut(out, seg_t + (lo - seg_index) / self.rate)
