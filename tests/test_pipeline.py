@@ -95,14 +95,27 @@ def test_tag_equals_run_fast_and_live_publishing(tagger: Tagger, shared) -> None
 
 
 def test_streams_share_batches_each_with_contiguous_seq(tagger: Tagger, shared) -> None:
-    """Two files and the synthetic source in one pipeline: windows of different streams
-    share forward passes, and every stream's results arrive complete and in order."""
+    """Two files in one pipeline: windows of different streams share forward passes, and
+    every stream's results arrive complete and in order."""
     paths = [shared("audio/clips/typing.wav"), shared("audio/clips/music.wav")]
     sources = [open_source(p.stem, f"file:{p}", pace="fast") for p in paths]
     collector = Collector()
+    both_queued = threading.Event()
+
+    def infer_once_both_are_waiting(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The first pass waits until both streams have windows waiting (each holds up to
+        # max_pending_windows), so the passes after it take windows of both.
+        if not both_queued.is_set():
+            deadline = time.monotonic() + 60
+            while min(s.frontend.frames_emitted for s in pipeline.streams) < 400:
+                assert time.monotonic() < deadline, "the streams never both had windows"
+                time.sleep(0.01)
+            both_queued.set()
+        return tagger.worker.infer(mels)
+
     pipeline = Pipeline(
         sources,
-        tagger.worker.infer,
+        infer_once_both_are_waiting,
         [collector],
         window_s=2.0,
         hop_s=0.5,
