@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, require_executable, require_module, shared_file
+from browser import open_chromium, require_browser
+from conftest import REPO_ROOT, shared_file
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -432,12 +433,8 @@ return {hash: hash, colours: colours.size, url: canvas.toDataURL().length};
 
 
 def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
-    chromium = require_executable("chromium")
-    chromedriver = require_executable("chromedriver")
-    require_module("selenium")
-    from selenium import webdriver
+    require_browser()
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -468,23 +465,7 @@ def test_dashboard_in_chromium_shows_a_live_pipeline() -> None:
         processes.append(dashboard)
         url = Lines(dashboard).wait_for(r"dashboard on (http://\S+)", 60)[1]
 
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--window-size=1680,1220",
-            "--force-device-scale-factor=1",
-        ):
-            options.add_argument(argument)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-        driver.execute_cdp_cmd(
-            "Emulation.setEmulatedMedia",
-            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
-        )
+        driver = open_chromium(1680, 1220)
         driver.get(url)
         # The page re-renders as messages arrive: an element found a moment ago may be gone.
         wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_executable, require_module, shared_file
+from browser import open_chromium, require_browser
+from conftest import shared_file
 from test_dashboard import CANVAS_STATS, Lines, soundwatch, stop
 from test_mqtt import silence_bark_silence
 
@@ -38,12 +39,8 @@ def test_clip_paths_outside_the_record_directory_are_not_served(tmp_path: Path) 
 
 
 def test_history_view_in_chromium(tmp_path: Path) -> None:
-    chromium = require_executable("chromium")
-    chromedriver = require_executable("chromedriver")
-    require_module("selenium")
-    from selenium import webdriver
+    require_browser()
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -60,24 +57,7 @@ def test_history_view_in_chromium(tmp_path: Path) -> None:
     try:
         url = Lines(run).wait_for(r"dashboard on (http://\S+?)[,;\s]", 120)[1]
         url = url.rstrip("/") + "/"
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--window-size=1680,1300",
-            "--force-device-scale-factor=1",
-            "--autoplay-policy=no-user-gesture-required",
-        ):
-            options.add_argument(argument)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-        driver.execute_cdp_cmd(
-            "Emulation.setEmulatedMedia",
-            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
-        )
+        driver = open_chromium(1680, 1300, "--autoplay-policy=no-user-gesture-required")
         driver.get(url)
         wait = WebDriverWait(driver, 120, ignored_exceptions=(StaleElementReferenceException,))
         show = (By.CSS_SELECTOR, "#history-filters button[type=submit]")
