@@ -94,27 +94,6 @@ def devices() -> None:
         )
 
 
-def _model_and_window_overrides(
-    model_name: str | None,
-    weights: Path | None,
-    device: str | None,
-    backend: str | None,
-    threads: int | None,
-    window: float | None,
-    hop: float | None,
-) -> dict[str, Any]:
-    """The config keys that ``run`` and ``tag`` flags share (None: flag not given)."""
-    return {
-        "model.name": model_name,
-        "model.weights": weights,
-        "model.device": device,
-        "model.backend": backend,
-        "model.threads": threads,
-        "windows.window": window,
-        "windows.hop": hop,
-    }
-
-
 def _setup_logging(verbose: bool) -> None:
     import logging
 
@@ -243,7 +222,7 @@ def run(
     verbose: bool,
 ) -> None:
     """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
-    from soundwatch.config import apply_overrides, load_config
+    from soundwatch.config import apply_overrides, load_config, model_and_window_overrides
     from soundwatch.dashboard.config import parse_listen_address
     from soundwatch.runner import run_live, sources_from_args
 
@@ -281,7 +260,7 @@ def run(
             "control.endpoint": control_at,
             "control.persist": persist,
             "heads.paths": [*config.heads.paths, *head_files] if head_files else None,
-            **_model_and_window_overrides(
+            **model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
         },
@@ -373,13 +352,13 @@ def tag(
     With --events, print the sound events the live pipeline would publish for each file
     (times in seconds from the file's start).
     """
-    from soundwatch.config import apply_overrides, load_config
+    from soundwatch.config import apply_overrides, load_config, model_and_window_overrides
     from soundwatch.runner import Tagger, tag_file
 
     config = apply_overrides(
         load_config(config_path),
         {
-            **_model_and_window_overrides(
+            **model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
             "heads.paths": [*config_heads(config_path), *head_files] if head_files else None,

@@ -197,3 +197,25 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         else:
             data[section] = value
     return parse_config(data, origin="command-line flags")
+
+
+def model_and_window_overrides(
+    model_name: str | None,
+    weights: Path | None,
+    device: str | None,
+    backend: str | None,
+    threads: int | None,
+    window: float | None,
+    hop: float | None,
+) -> dict[str, Any]:
+    """The config keys of the model and window flags that ``run``, ``tag``, ``learn`` and
+    ``embed`` share (None: flag not given), for :func:`apply_overrides`."""
+    return {
+        "model.name": model_name,
+        "model.weights": weights,
+        "model.device": device,
+        "model.backend": backend,
+        "model.threads": threads,
+        "windows.window": window,
+        "windows.hop": hop,
+    }

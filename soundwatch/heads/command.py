@@ -28,19 +28,11 @@ def _backbone_config(
     window: float | None,
     hop: float | None,
 ):
-    from soundwatch.config import apply_overrides, load_config
+    from soundwatch.config import apply_overrides, load_config, model_and_window_overrides
 
     return apply_overrides(
         load_config(config_path),
-        {
-            "model.name": model_name,
-            "model.weights": weights,
-            "model.device": device,
-            "model.backend": backend,
-            "model.threads": threads,
-            "windows.window": window,
-            "windows.hop": hop,
-        },
+        model_and_window_overrides(model_name, weights, device, backend, threads, window, hop),
     )
 
 
