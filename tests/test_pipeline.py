@@ -104,10 +104,13 @@ def test_streams_share_batches_each_with_contiguous_seq(tagger: Tagger, shared) 
 
     def infer_once_both_are_waiting(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # The first pass waits until both streams have windows waiting (each holds up to
-        # max_pending_windows), so the passes after it take windows of both.
+        # max_pending_windows; a file read to its end has queued all of its windows), so
+        # the passes after it take windows of both.
         if not both_queued.is_set():
             deadline = time.monotonic() + 60
-            while min(s.frontend.frames_emitted for s in pipeline.streams) < 400:
+            while not all(
+                s.source.ended or s.frontend.frames_emitted >= 400 for s in pipeline.streams
+            ):
                 assert time.monotonic() < deadline, "the streams never both had windows"
                 time.sleep(0.01)
             both_queued.set()
