@@ -179,6 +179,7 @@ class WindowQueue:
             raise ValueError("per_stream must be at least 1")
         self.per_stream = per_stream
         self._limits: dict[int, int] = {}  # streams bounded tighter than per_stream
+        self._max_ages: dict[int, float] = {}  # streams whose old windows are dropped at take
         self._queues: dict[int, deque[_Item]] = {}
         self._windows: dict[int, int] = {}  # windows (not end markers) queued per stream
         self._cond = threading.Condition()
@@ -191,6 +192,16 @@ class WindowQueue:
             raise ValueError("limit must be at least 1")
         with self._cond:
             self._limits[id(state)] = limit
+
+    def set_max_age(self, state: StreamState, seconds: float) -> None:
+        """Drop ``state``'s windows (counted, like any backpressure drop) that are older
+        than ``seconds`` when they are taken: past capacity a window waits behind every
+        stream's backlog, and one older than the latency budget is not worth its forward
+        pass. Windows are taken oldest first, so these drops fall on the streams evenly."""
+        if seconds <= 0:
+            raise ValueError("seconds must be positive")
+        with self._cond:
+            self._max_ages[id(state)] = seconds
 
     def put(self, item: _Pending, block: bool) -> None:
         key = id(item.state)
@@ -230,6 +241,7 @@ class WindowQueue:
             if not any(self._queues.values()):
                 self._cond.wait(timeout)
             taken: list[_Item] = []
+            now = time.monotonic()
             while len(taken) < max_items:
                 heads = [(q[0].order, key) for key, q in self._queues.items() if q]
                 if not heads:
@@ -238,6 +250,10 @@ class WindowQueue:
                 item = self._queues[key].popleft()
                 if isinstance(item, _Pending):
                     self._windows[key] -= 1
+                    max_age = self._max_ages.get(key)
+                    if max_age is not None and now - item.t_ingest > max_age:
+                        item.state.record_drop(item.purposes)  # too late to be worth tagging
+                        continue
                 taken.append(item)
             if taken:
                 self._cond.notify_all()
@@ -411,6 +427,7 @@ class Pipeline:
         hop_s: float,
         max_pending_windows: int = 32,
         max_pending_seconds: float | None = None,
+        max_window_age: float | None = None,
         max_batch: int = 32,
         events_window: tuple[float, float] | None = None,
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
@@ -428,6 +445,9 @@ class Pipeline:
         ``max_pending_seconds`` at most that many seconds of hops per window series
         (:func:`pending_bound`): past capacity a live stream drops its oldest windows
         instead of queueing many seconds of audio, and a stop waits for little backlog.
+        A live stream's window still waiting ``max_window_age`` s after its audio arrived
+        is dropped when taken (counted): past capacity latency stays bounded and the
+        drops fall evenly on the streams (windows are taken oldest first).
 
         A forward pass running past ``inference_timeout`` s is reported as stalled; past
         ``inference_deadline`` s it ends the run (see the module docstring)."""
@@ -452,6 +472,8 @@ class Pipeline:
         for state in self.streams:
             if not state.block_when_full:  # a source that waits loses nothing: no need
                 self.queue.set_limit(state, live_bound)
+                if max_window_age is not None:
+                    self.queue.set_max_age(state, max_window_age)
         self.batches = BatchCounters()
         self.faults = FaultCounters()
         self.read_interval_s = read_interval_s

@@ -151,6 +151,36 @@ def test_queue_counts_event_window_drops_apart_from_tag_drops() -> None:
     assert state.counters.event_windows_dropped == 1
 
 
+def test_queue_drops_windows_older_than_the_max_age_when_taken_from_every_stream() -> None:
+    """Past capacity: windows whose audio arrived longer ago than the stream's max age are
+    dropped (counted) when taken, from each bounded stream alike; a stream without a max
+    age (one that waits) keeps its old windows."""
+    series = {frozenset({TAGS}): (0.1, 0.1)}
+    a, b = (StreamState(ScriptedSource(name, 0), series) for name in ("a", "b"))
+    waits = StreamState(ScriptedSource("file", 0, waits=True), series)
+    queue = WindowQueue(per_stream=10)
+    for state in (a, b):
+        queue.set_max_age(state, 1.0)
+    now = time.monotonic()
+    for start, age in ((0, 5.0), (10, 3.0), (20, 0.0)):
+        for state in (a, b, waits):
+            item = pending(state, start)
+            item.t_ingest = now - age
+            queue.put(item, block=False)
+    taken = queue.take(100, timeout=0)
+    assert [(i.state.id, i.window.start) for i in taken] == [
+        ("file", 0),
+        ("file", 10),
+        ("a", 20),
+        ("b", 20),
+        ("file", 20),
+    ]
+    assert (a.counters.windows_dropped, b.counters.windows_dropped) == (2, 2)
+    assert waits.counters.windows_dropped == 0
+    with pytest.raises(ValueError, match="positive"):
+        queue.set_max_age(a, 0.0)
+
+
 def test_a_waiting_stream_blocks_instead_of_dropping_and_end_markers_never_wait() -> None:
     state = StreamState(ScriptedSource("file", 0, waits=True), {frozenset({TAGS}): (0.1, 0.1)})
     queue = WindowQueue(per_stream=2)
