@@ -59,6 +59,10 @@ class SourceStats:
       overrun): the next block's ``t_start`` does not follow the previous block's end.
     * ``restarts``: times the device was reopened after it was lost.
     * ``samples_in``: native-rate frames delivered by the device/stream (including dropped).
+    * ``device_losses``: times the device was noticed lost (counted at once, before the
+      reopen that ``restarts`` counts).
+    * ``device_lost``: 1 while the device is lost and being reopened, else 0 (a state, not
+      a count: the one field here that goes down).
     """
 
     overflows: int = 0
@@ -67,6 +71,8 @@ class SourceStats:
     gaps: int = 0
     restarts: int = 0
     samples_in: int = 0
+    device_losses: int = 0
+    device_lost: int = 0
 
 
 class Source(ABC):
@@ -157,6 +163,8 @@ class RingSource(Source):
         self._samples_in = 0
         # Written by the supervising thread only.
         self._restarts = 0
+        self._device_losses = 0
+        self._device_lost = 0
         # Consumer-side state.
         self._segment_t0: float | None = None
         self._segment_started = False  # the next block starts a segment after a break
@@ -215,6 +223,8 @@ class RingSource(Source):
             gaps=self._gaps,
             restarts=self._restarts,
             samples_in=self._samples_in,
+            device_losses=self._device_losses,
+            device_lost=self._device_lost,
         )
 
     def _flush_segment(self) -> None:
