@@ -23,6 +23,7 @@ from soundwatch.metrics.config import MetricsConfig
 from soundwatch.model_catalog import MODEL_NAMES
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.recorder.config import RecorderConfig
+from soundwatch.scale.config import InferenceConfig
 from soundwatch.security.config import SecurityConfig
 from soundwatch.sinks.smoothing import SMOOTHING_METHODS
 from soundwatch.stream import check_source_spec
@@ -134,6 +135,7 @@ class Config(StrictModel):
         default_factory=lambda: [SourceConfig(spec="auto")], min_length=1
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     windows: WindowConfig = Field(default_factory=WindowConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
