@@ -192,6 +192,15 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--threads", type=int)
 @click.option("--window", type=float, metavar="SECONDS")
 @click.option("--hop", type=float, metavar="SECONDS")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="where forward passes run: this process, or a Ray Serve deployment (docs/scale.md)",
+)
+@click.option("--ray-address", metavar="ADDR", help="with --engine ray: local | auto | HOST:PORT")
+@click.option(
+    "--replicas", type=click.IntRange(1, 1000), help="with --engine ray: replicas of the tagger"
+)
 @click.option("-v", "--verbose", is_flag=True)
 @user_errors
 def run(
@@ -219,6 +228,9 @@ def run(
     threads: int | None,
     window: float | None,
     hop: float | None,
+    engine: str | None,
+    ray_address: str | None,
+    replicas: int | None,
     verbose: bool,
 ) -> None:
     """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
@@ -260,6 +272,9 @@ def run(
             "control.endpoint": control_at,
             "control.persist": persist,
             "heads.paths": [*config.heads.paths, *head_files] if head_files else None,
+            "inference.engine": engine,
+            "inference.ray_address": ray_address,
+            "inference.replicas": replicas,
             **model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),
