@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from soundwatch.dsp import StreamingLogMel
+from soundwatch.dsp.activity import ActivityGate, GateSettings
+from soundwatch.dsp.tables import HOP as HOP_SAMPLES
 from soundwatch.dsp.windows import FRAMES_PER_SECOND, MelWindow, MelWindower, seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.results import EVENTS, TAGS, ResultHandler, StreamReport, WindowResult
@@ -87,6 +89,7 @@ class StreamCounters:
     resyncs: int = 0  # the source lost audio (device restart, overflow): windows restarted
     nonfinite_samples: int = 0  # NaN/Inf samples replaced by 0 before the frontend
     paused_samples: int = 0  # not tagged: the stream was paused (runtime control)
+    windows_carried: int = 0  # delivered with the last tagged window's result (activity gate)
     windows_failed: int = 0  # dropped because their forward pass raised (model fault)
 
 
@@ -118,6 +121,7 @@ class _Pending:
     t_ingest: float
     purposes: frozenset[str]
     order: int = 0  # queue arrival order, across streams
+    carried: bool = False  # the activity gate skipped its forward pass
 
 
 @dataclass
@@ -297,6 +301,7 @@ class StreamState:
         self.ended = False  # every window of the stream has been delivered
         self.error: str | None = None  # why the stream stopped early, if it did
         self._segment_origin: float | None = None  # Unix time of the current segment's frame 0
+        self._segment_frames = 0  # frames of the current segment so far (the next one's index)
         self._drops_warned_at = 0.0
         self._drops_since_warning = 0
         self._lock = threading.Lock()
@@ -345,27 +350,59 @@ class StreamState:
             self._start_segment(block.t_start)
         if self.on_audio is not None:
             self.on_audio(self.id, block)
-        first_frame = self.frontend.frames_emitted
-        frames = self.frontend.push(block.samples)
+        self._push_frames(self.frontend.push(block.samples), queue, block.t_ingest)
+
+    def feed_frames(
+        self,
+        frames: np.ndarray,
+        t_start: float,
+        new_segment: bool,
+        queue: WindowQueue,
+        t_ingest: float,
+    ) -> None:
+        """Queue the windows completed by mel frames computed elsewhere (an edge node's
+        frontend): float32 ``[128, k]`` whose first frame is centred at Unix time
+        ``t_start``; ``new_segment`` when they do not continue the previous frames (the
+        edge lost audio, or frames were lost on the way). The windows are cut exactly as
+        :meth:`feed` cuts them."""
+        if self.paused:
+            if self._segment_origin is not None:
+                self.end_segment(queue, t_ingest)
+            self.counters.paused_samples += frames.shape[1] * HOP_SAMPLES
+            return
+        if new_segment and self._segment_origin is not None:
+            log.warning(
+                "stream %s: frames were lost (see its counters); restarting its windows", self.id
+            )
+            self.counters.resyncs += 1
+            self.end_segment(queue, t_ingest)
+        if self._segment_origin is None:
+            self._start_segment(t_start)
+        self._push_frames(frames, queue, t_ingest)
+
+    def _push_frames(self, frames: np.ndarray, queue: WindowQueue, t_ingest: float) -> None:
+        """The one windowing path: frames of the current segment, in order, to every
+        window series (and the frame tap)."""
+        first_frame = self._segment_frames
+        self._segment_frames += frames.shape[1]
         self._frames_out(frames, first_frame)
         for purposes, windower in self.windowers.items():
             for window in windower.push(frames):
-                self._enqueue(window, purposes, queue, block.t_ingest)
+                self._enqueue(window, purposes, queue, t_ingest)
 
     def end_segment(self, queue: WindowQueue, t_ingest: float) -> None:
         """Flush the frontend and windower: the tail of the audio becomes a last window."""
         if self._segment_origin is None:
             return
-        first_frame = self.frontend.frames_emitted
-        frames = self.frontend.flush()
-        self._frames_out(frames, first_frame)
+        self._push_frames(self.frontend.flush(), queue, t_ingest)
         for purposes, windower in self.windowers.items():
-            for window in windower.push(frames) + windower.flush():
+            for window in windower.flush():
                 self._enqueue(window, purposes, queue, t_ingest)
         with self._lock:
             self.counters.nonfinite_samples += self.frontend.nonfinite_samples  # reset zeroes
             self.frontend.reset()
         self._segment_origin = None
+        self._segment_frames = 0
 
     def _frames_out(self, frames: np.ndarray, first_frame: int) -> None:
         if self.on_frames is not None and frames.shape[1]:
@@ -429,12 +466,14 @@ class Pipeline:
         max_pending_seconds: float | None = None,
         max_window_age: float | None = None,
         max_batch: int = 32,
+        gate: GateSettings | None = None,
         events_window: tuple[float, float] | None = None,
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
         on_audio: Callable[[str, AudioBlock], None] | None = None,
         read_interval_s: float = READ_INTERVAL_S,
         inference_timeout: float = INFERENCE_TIMEOUT_S,
         inference_deadline: float = INFERENCE_DEADLINE_S,
+        open_ended: bool = False,
     ) -> None:
         """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
         called on the capture or stream threads with every batch of mel frames and every
@@ -449,8 +488,15 @@ class Pipeline:
         is dropped when taken (counted): past capacity latency stays bounded and the
         drops fall evenly on the streams (windows are taken oldest first).
 
+        With ``gate``, a window with nothing new to hear since its stream's last tagged
+        window (:class:`~soundwatch.dsp.activity.ActivityGate`) skips the forward pass and
+        is delivered with that window's result, marked ``carried`` (counted per stream).
+
         A forward pass running past ``inference_timeout`` s is reported as stalled; past
-        ``inference_deadline`` s it ends the run (see the module docstring)."""
+        ``inference_deadline`` s it ends the run (see the module docstring).
+
+        ``open_ended``: streams are added while running (:meth:`add_stream`), so
+        :meth:`run` lasts until :meth:`stop` even when every stream so far has ended."""
         if read_interval_s <= 0:
             raise ValueError("read_interval_s must be positive")
         if not 0 < inference_timeout <= inference_deadline:
@@ -464,14 +510,24 @@ class Pipeline:
             )
         self.series = window_series(window_s, hop_s, events_window)
         self.streams = [StreamState(s, self.series, on_frames, on_audio) for s in sources]
+        self.open_ended = open_ended
+        self._on_frames = on_frames
+        self._fed: list[StreamState] = []  # streams added by add_stream, fed from outside
+        self._fed_lock = threading.Lock()  # add/feed/end of fed streams; closing them all
+        self._fed_closed = False
         self.infer = infer
         self.handlers = list(handlers)
         self.max_batch = max_batch
+        self.gate = gate
+        # Per stream (id of its state) and window series: its activity gate and the last
+        # result a forward pass gave it (what a carried window is delivered with).
+        self._gates: dict[int, dict[frozenset[str], ActivityGate]] = {}
+        self._last_outputs: dict[int, dict[frozenset[str], tuple[np.ndarray, np.ndarray]]] = {}
         self.queue = WindowQueue(max_pending_windows)
-        live_bound = pending_bound(self.series, max_pending_windows, max_pending_seconds)
+        self._live_bound = pending_bound(self.series, max_pending_windows, max_pending_seconds)
         for state in self.streams:
             if not state.block_when_full:  # a source that waits loses nothing: no need
-                self.queue.set_limit(state, live_bound)
+                self.queue.set_limit(state, self._live_bound)
                 if max_window_age is not None:
                     self.queue.set_max_age(state, max_window_age)
         self.batches = BatchCounters()
@@ -509,7 +565,56 @@ class Pipeline:
 
     def reports(self) -> list[StreamReport]:
         """Every stream's current report (what status messages publish)."""
-        return [state.report() for state in self.streams]
+        return [state.report() for state in list(self.streams)]
+
+    # --- streams fed from outside (soundwatch serve's edge streams) ---------------
+    def add_stream(self, source: Source) -> StreamState | None:
+        """Add a stream whose mel frames come from elsewhere (an edge node) while the
+        pipeline runs; the caller feeds it (:meth:`feed_stream`) and ends it
+        (:meth:`end_stream`). ``source`` describes it and counts for its status; the
+        pipeline never reads it. A stream id may return once its earlier stream has
+        ended. None when the pipeline is stopping."""
+        with self._fed_lock:
+            if self._fed_closed:
+                return None
+            current = [state for state in self.streams if state.id == source.id]
+            if any(not state.ended for state in current):
+                raise SoundwatchError(f"stream id {source.id!r} is already running")
+            state = StreamState(source, self.series, self._on_frames)
+            if not state.block_when_full:
+                self.queue.set_limit(state, self._live_bound)
+            for old in current:  # an ended stream of the same id: its successor replaces it
+                self.streams.remove(old)
+            self.streams.append(state)
+            self._fed.append(state)
+            return state
+
+    def feed_stream(
+        self, state: StreamState, frames: np.ndarray, t_start: float, new_segment: bool
+    ) -> bool:
+        """Queue the windows of an added stream's frames (:meth:`StreamState.feed_frames`);
+        waits for room when its source waits (``waits_when_behind``). False when the stream
+        was already ended (the frames are not used)."""
+        with self._fed_lock:
+            if state not in self._fed:
+                return False
+            state.feed_frames(frames, t_start, new_segment, self.queue, time.monotonic())
+            return True
+
+    def end_stream(self, state: StreamState) -> None:
+        """End an added stream: its tail becomes a last window, then its end marker."""
+        with self._fed_lock:
+            if state in self._fed:
+                self._fed.remove(state)
+                self._finish_stream(state)
+
+    def _close_fed_streams(self) -> None:
+        """Stopping: no stream is added any more, and every added stream ends now."""
+        with self._fed_lock:
+            self._fed_closed = True
+            fed, self._fed = self._fed, []
+            for state in fed:
+                self._finish_stream(state)
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -581,6 +686,7 @@ class Pipeline:
                 pass
         finally:
             self.stop()
+            self._close_fed_streams()
             if not self.wait(timeout=shutdown_timeout):
                 threads = [*self._threads, self._inference_thread, self._delivery_thread]
                 alive = [self._describe(t) for t in threads]
@@ -667,17 +773,20 @@ class Pipeline:
     def _run_inference(self) -> None:
         """Forward passes only: each batch with its outputs goes to the delivery thread, so
         the model (which releases the GIL) runs while the previous batch is published."""
-        ended = 0
+        ended: set[int] = set()  # id() of the streams whose end marker was taken
         try:
             while (
-                ended < len(self.streams)
+                (
+                    any(id(state) not in ended for state in list(self.streams))
+                    or (self.open_ended and not self._stop.is_set())
+                )
                 and not self._delivery_failed.is_set()
                 and not self._abandoned.is_set()
             ):
                 batch = self.queue.take(self.max_batch, timeout=0.05)
                 if batch:
                     outputs = self._infer_batch(batch)
-                    ended += sum(isinstance(item, _StreamEnd) for item in batch)
+                    ended.update(id(item.state) for item in batch if isinstance(item, _StreamEnd))
                     self._hand_over((batch, outputs))
         except BaseException as error:
             log.exception("inference failed; stopping every stream")
@@ -727,6 +836,9 @@ class Pipeline:
         by_length: dict[int, list[int]] = {}
         for index, item in enumerate(batch):
             if isinstance(item, _Pending):
+                if self.gate is not None and self._gate_of(item).carry(item.window):
+                    item.carried = True  # nothing new to hear: no forward pass
+                    continue
                 by_length.setdefault(item.window.mel.shape[1], []).append(index)
         outputs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for indices in by_length.values():
@@ -744,7 +856,40 @@ class Pipeline:
             self.batches.multi_stream_passes += len({id(item.state) for item in items}) > 1
             for i, p, e in zip(indices, probs, embeddings, strict=True):
                 outputs[i] = (p, e)
+        if self.gate is not None:
+            self._carry_outputs(batch, outputs)
         return outputs
+
+    def _gate_of(self, item: _Pending) -> ActivityGate:
+        gates = self._gates.setdefault(id(item.state), {})
+        gate = gates.get(item.purposes)
+        if gate is None:
+            assert self.gate is not None
+            gate = gates[item.purposes] = ActivityGate(self.gate)
+        return gate
+
+    def _carry_outputs(
+        self, batch: list[_Item], outputs: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Give each carried window its stream's last result, in the batch's order; a
+        carried window whose reference's forward pass failed is lost with it (counted)."""
+        for index, item in enumerate(batch):
+            if isinstance(item, _StreamEnd):  # nothing of this stream comes any more
+                self._gates.pop(id(item.state), None)
+                self._last_outputs.pop(id(item.state), None)
+                continue
+            last = self._last_outputs.setdefault(id(item.state), {})
+            if not item.carried:
+                if index in outputs:
+                    last[item.purposes] = outputs[index]
+                else:  # failed: the next window of the series must be run
+                    last.pop(item.purposes, None)
+                    self._gate_of(item).forget()
+            elif item.purposes in last:
+                outputs[index] = last[item.purposes]
+            else:
+                with item.state._lock:
+                    item.state.counters.windows_failed += 1
 
     def _inference_failed(self, items: list[_Pending], error: Exception) -> None:
         """Count a failed forward pass and its windows (per stream); raise a
@@ -842,10 +987,12 @@ class Pipeline:
             t_ingest=item.t_ingest,
             final=window.final,
             purposes=item.purposes,
+            carried=item.carried,
         )
         if TAGS in item.purposes:
             with state._lock:
                 state.counters.windows_tagged += 1
+                state.counters.windows_carried += item.carried
                 state.last_t_end = t_end
         for handler in self.handlers:
             handler.on_result(result)

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from soundwatch.attached import AttachedSubscribers
 from soundwatch.config import Config, load_config
 from soundwatch.dsp import warmup as warmup_frontend
+from soundwatch.dsp.activity import GateSettings
 from soundwatch.dsp.windows import seconds_to_frames
 from soundwatch.errors import SoundwatchError
 from soundwatch.events import DetectorSettings, EventsConfig, EventsHandler, build_settings
@@ -38,39 +40,61 @@ from soundwatch.recorder.recorder import Recorder
 
 if TYPE_CHECKING:
     from soundwatch.control.server import ControlServer
+    from soundwatch.scale.engine import RayEngine
 from soundwatch.security.curve import CurveServer
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MelTap
 from soundwatch.sinks.messages import Event
 from soundwatch.sinks.publisher import JsonLinesOutput, Output, Publisher, ZmqOutput
-from soundwatch.stream import (
-    Source,
-    list_input_devices,
-    open_source,
-    parse_source_arg,
-    parse_source_spec,
+from soundwatch.sources import (  # noqa: F401 (re-exported: run's source helpers)
+    open_sources,
+    resolve_source_spec,
+    sources_from_args,
 )
+from soundwatch.stream import open_source, parse_source_spec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Tagger:
-    """A loaded model and the worker that runs it: shared by every stream of a run."""
+    """A loaded model and the worker that runs it: shared by every stream of a run. The
+    worker is in this process, or with ``inference.engine: ray`` a Ray Serve deployment of
+    the same model (:class:`~soundwatch.scale.engine.RayEngine`, docs/scale.md)."""
 
     loaded: LoadedModel
-    worker: InferenceWorker
+    worker: InferenceWorker | RayEngine
 
     @classmethod
     def from_config(cls, config: Config) -> Tagger:
         loaded = load_model(config.model.name, config.model.weights)
-        worker = InferenceWorker(
-            loaded,
-            device=config.model.device,
-            threads=config.model.threads,
-            backend=config.model.backend,
-        )
+        if config.inference.engine == "ray":
+            from soundwatch.scale.engine import RayEngine  # imports Ray: only when chosen
+
+            worker: InferenceWorker | RayEngine = RayEngine(
+                loaded,
+                config.inference,
+                device=config.model.device,
+                threads=config.model.threads,
+                backend=config.model.backend,
+            )
+        else:
+            worker = InferenceWorker(
+                loaded,
+                device=config.model.device,
+                threads=config.model.threads,
+                backend=config.model.backend,
+            )
         return cls(loaded, worker)
+
+    def engine_counters(self) -> dict[str, float]:
+        """The engine's own status counters (Ray: replicas running, retries, losses)."""
+        return {} if isinstance(self.worker, InferenceWorker) else self.worker.counters()
+
+    def close(self) -> None:
+        """Release the engine (Ray: delete the deployment, stop a Ray started for it)."""
+        if not isinstance(self.worker, InferenceWorker):
+            self.worker.close()
 
     @property
     def labels(self) -> list[str]:
@@ -119,65 +143,16 @@ class Tagger:
         )
 
 
+def gate_settings(config: Config) -> GateSettings | None:
+    """The activity gate's settings when ``pipeline.gate.enabled``, else None."""
+    gate = config.pipeline.gate
+    if not gate.enabled:
+        return None
+    return GateSettings(gate.level_db, gate.spectrum_db, gate.max_carry_s)
+
+
 def events_window(config: EventsConfig) -> tuple[float, float] | None:
     return (config.window, config.hop) if config.enabled else None
-
-
-def resolve_source_spec(spec: str) -> str:
-    """``auto`` means the default microphone, or the synthetic demo when there is none."""
-    if spec != "auto":
-        return spec
-    try:
-        devices = list_input_devices()
-    except SoundwatchError as error:
-        log.warning("no microphone available (%s); using the synthetic demo source", error)
-        return "synthetic"
-    if not devices:
-        log.warning("no audio input device found; using the synthetic demo source")
-        return "synthetic"
-    return "mic"
-
-
-def sources_from_args(args: tuple[str, ...], loop: bool | None = None) -> list[dict]:
-    """``--source [ID=]SPEC`` values as ``sources`` config entries (validated with the
-    rest of the config, so a bad id is reported like a bad config value)."""
-    entries = []
-    for arg in args:
-        name, sep, rest = arg.strip().partition("=")
-        if (rest if sep else name).strip() == "auto":  # resolved when the sources open
-            stream_id, spec = (name.strip() if sep else None), "auto"
-        else:
-            stream_id, spec = parse_source_arg(arg)
-        entry: dict = {"id": stream_id, "spec": spec}
-        if loop is not None:
-            entry["loop"] = loop
-        entries.append(entry)
-    return entries
-
-
-def open_sources(config: Config) -> list[Source]:
-    """Open every configured source (not started yet); close them all on any error."""
-    opened: list[Source] = []
-    try:
-        for source in config.sources:
-            spec = resolve_source_spec(source.spec)
-            stream_id = source.id or parse_source_spec(spec).default_id()
-            opened.append(
-                open_source(
-                    stream_id,
-                    spec,
-                    pace=config.pipeline.pace,
-                    loop=source.loop,
-                    channels=source.channels,
-                    samplerate=source.samplerate,
-                    blocksize=source.blocksize,
-                )
-            )
-    except BaseException:
-        for source in opened:
-            source.stop()
-        raise
-    return opened
 
 
 def curve_server(config: Config) -> CurveServer | None:
@@ -214,13 +189,21 @@ def run_live(
     on_ready: Callable[[Pipeline, list[str], list[str]], None] | None = None,
     install_signal_handlers: bool = True,
     config_path: Path | None = None,
+    feeder: Callable[[Pipeline], AbstractContextManager[object]] | None = None,
+    local_sources: bool = True,
 ) -> Pipeline:
     """Run the live pipeline until SIGINT/SIGTERM or until every source has ended.
 
     ``on_ready(pipeline, endpoints, notes)`` is called once everything listens: the bound
     endpoints, and a line per attached subscriber (dashboard URL, MQTT broker). Returns
     the finished pipeline (its streams hold the final counters).
+
+    ``feeder(pipeline)`` (``soundwatch serve``'s edge listener) is entered while the
+    pipeline runs and adds streams fed from elsewhere (:meth:`Pipeline.add_stream`); the
+    run then lasts until a signal, not until the sources end. ``local_sources=False``
+    opens none of the config's sources.
     """
+    own_tagger = tagger is None  # closed here (a Ray deployment is deleted)
     tagger = tagger or Tagger.from_config(config)
     warmup_frontend()
     tagger.worker.warmup(seconds_to_frames(config.windows.window))
@@ -238,7 +221,7 @@ def run_live(
             notes = attached.start()
         else:
             notes = []
-        sources = open_sources(config)
+        sources = open_sources(config) if local_sources else []
         if config.recorder.enabled:
             recorder = Recorder(
                 config.recorder, tagger.labels, tagger.loaded.name, streams=[s.id for s in sources]
@@ -254,10 +237,12 @@ def run_live(
             max_pending_windows=config.pipeline.max_pending_windows,
             max_pending_seconds=config.pipeline.max_pending_seconds,
             max_window_age=config.pipeline.max_pending_seconds,  # latency budget past capacity
+            gate=gate_settings(config),
             max_batch=config.pipeline.max_batch,
             events_window=events_window(config.events),
             on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,
             on_audio=recorder.on_audio if recorder is not None else audio and audio.on_audio,
+            open_ended=feeder is not None,
         )
         events = tagger.events_handler(config.events, publisher.publish)
         if events is not None:
@@ -275,7 +260,11 @@ def run_live(
             extra_counters=_stage_counters(events, recorder, heads),
             mel_tap=mel_tap,
             heads=heads,
-            inference=lambda: {**inference.snapshot(), **pipeline.fault_counters()},
+            inference=lambda: {
+                **inference.snapshot(),
+                **pipeline.fault_counters(),
+                **tagger.engine_counters(),
+            },
         )
         pipeline.handlers.append(live)
         control = _start_controls(
@@ -286,7 +275,10 @@ def run_live(
             attached.attach_control(control.endpoint)
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
-        with _stop_on_signals(pipeline, install_signal_handlers):
+        with (
+            _stop_on_signals(pipeline, install_signal_handlers),
+            feeder(pipeline) if feeder is not None else nullcontext(),
+        ):
             if on_ready is not None:
                 on_ready(pipeline, endpoints, notes)
             _wait_for_subscribers(zmq_outputs, config)
@@ -300,6 +292,8 @@ def run_live(
             attached.close()
         finally:
             publisher.close()
+            if own_tagger:
+                tagger.close()
     return pipeline
 
 
