@@ -1,0 +1,215 @@
+"""``--engine ray`` on a real local Ray cluster (a head and a worker node on this machine).
+
+One cluster per module (two nodes of one CPU each); every run is a real ``soundwatch run``
+process joining it with ``--ray-address``, deploying its own Ray Serve application, tagging
+real files with the real mn04 checkpoint and writing JSON lines that the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, require_module, shared_file
+
+WEIGHTS = "models/mn04_as_mAP_432.pt"
+CLIPS = ("audio/clips/speech.wav", "audio/clips/music.wav", "audio/clips/typing.wav")
+SCENES = ("audio/scenes-dev/scene_00.wav", "audio/scenes-dev/scene_01.wav")
+#: JSON lines round probabilities to 6 decimals; the engines may differ by float order only.
+PROB_TOLERANCE = 2e-6
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A head and one worker node (1 CPU each) on this machine; this process is a driver
+    (to find and kill replicas). Yields the cluster's address."""
+    ray = require_module("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="soundwatch-tests", log_to_driver=False)
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def run_command(out: Path, sources: list[str], *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "soundwatch.cli", "run", "--pace", "fast"]
+    for source in sources:
+        command += ["--source", source]
+    command += ["--weights", str(shared_file(WEIGHTS)), "--jsonl", str(out)]
+    return [*command, "--publish", f"ipc://{out.with_suffix('.sock')}", *extra]
+
+
+def run(out: Path, sources: list[str], *extra: str) -> list[dict]:
+    result = subprocess.run(
+        run_command(out, sources, *extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return read_lines(out)
+
+
+def read_lines(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def tags_by_stream(records: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for record in records:
+        if record["kind"] == "tags":
+            out.setdefault(record["stream"], []).append(record)
+    return out
+
+
+def final_status(records: list[dict]) -> dict[str, dict]:
+    return {r["stream"]: r for r in records if r["kind"] == "status" and r["ended"]}
+
+
+def events_relative(records: list[dict]) -> list[tuple]:
+    """Events as (stream, label, state, onset, offset) relative to the stream's first sample
+    (each run has its own clock)."""
+    origin = {s: tags[0]["t_start"] for s, tags in tags_by_stream(records).items()}
+    return sorted(
+        (
+            r["stream"],
+            r["label"],
+            r["state"],
+            round(r["onset"] - origin[r["stream"]], 3),
+            None if r["offset"] is None else round(r["offset"] - origin[r["stream"]], 3),
+        )
+        for r in records
+        if r["kind"] == "events"
+    )
+
+
+def test_plain_run_and_the_client_never_import_ray() -> None:
+    code = (
+        "import sys, soundwatch.client, soundwatch.runner, soundwatch.cli, soundwatch.config; "
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)
+
+
+def test_ray_engine_gives_the_local_probabilities_and_events(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    sources = [f"{Path(c).stem}=file:{shared_file(c)}" for c in CLIPS]
+    local = run(tmp_path / "local.jsonl", sources, "--engine", "local")
+    remote = run(
+        tmp_path / "ray.jsonl",
+        sources,
+        *("--engine", "ray", "--ray-address", ray_cluster, "--replicas", "2"),
+    )
+    local_tags, ray_tags = tags_by_stream(local), tags_by_stream(remote)
+    assert sorted(ray_tags) == sorted(local_tags) == sorted(Path(c).stem for c in CLIPS)
+    for stream, expected in local_tags.items():
+        got = ray_tags[stream]
+        assert [r["seq"] for r in got] == list(range(len(expected)))  # all, in order
+        assert [r["t_end"] - r["t_start"] for r in got] == [
+            r["t_end"] - r["t_start"] for r in expected
+        ]
+        probs = np.array([r["probs"] for r in got])
+        assert np.abs(probs - np.array([r["probs"] for r in expected])).max() <= PROB_TOLERANCE
+    assert events_relative(remote) == events_relative(local)
+    assert events_relative(local), "the clips should raise some events"
+    status = final_status(remote)
+    for stream in local_tags:
+        counters = status[stream]["counters"]
+        assert counters["windows_tagged"] == len(local_tags[stream])
+        assert counters["windows_failed"] == counters["windows_dropped"] == 0
+    last = status[sorted(status)[0]]
+    assert last["backend"].startswith("ray:")
+    assert last["inference"]["engine_replicas"] == 2
+    assert last["inference"]["engine_lost_windows"] == 0
+
+
+def test_a_replica_killed_mid_run_is_survived_and_losses_counted(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    import ray
+
+    sources = [f"{Path(s).stem}=file:{shared_file(s)}" for s in SCENES]
+    expected_windows = round((60.0 - 3.0) / 0.5) + 1  # 3 s windows every 0.5 s, per scene
+    out = tmp_path / "kill.jsonl"
+    command = run_command(
+        out, sources, "--engine", "ray", "--ray-address", ray_cluster, "--replicas", "2"
+    )
+    log = tmp_path / "kill.log"
+    with log.open("w") as stderr_file:
+        process = subprocess.Popen(command, stderr=stderr_file)
+    try:
+        deadline = time.monotonic() + 300
+        while len(tags_by_stream(read_lines(out)).get(Path(SCENES[0]).stem, [])) < 20:
+            assert process.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the ray run tagged nothing within 300 s"
+            time.sleep(0.05)
+        app = f"soundwatch-{os.uname().nodename}-{process.pid}"
+        replicas = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+        ]
+        assert len(replicas) == 2, replicas
+        ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+        seen_at_kill = {s: len(t) for s, t in tags_by_stream(read_lines(out)).items()}
+        process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()[-4000:]
+    records = read_lines(out)
+    tags, status = tags_by_stream(records), final_status(records)
+    assert sorted(status) == sorted(Path(s).stem for s in SCENES)
+    failed = 0
+    for stream, got in tags.items():
+        counters = status[stream]["counters"]
+        assert len(got) > seen_at_kill.get(stream, 0)  # windows kept coming after the kill
+        assert [r["t_start"] for r in got] == sorted(r["t_start"] for r in got)  # in order
+        assert len(got) == counters["windows_tagged"]  # nothing lost unseen
+        # every window was tagged or counted as lost (a file waits: nothing dropped)
+        assert counters["windows_tagged"] + counters["windows_failed"] == expected_windows
+        assert counters["windows_dropped"] == 0
+        failed += counters["windows_failed"]
+    inference = status[Path(SCENES[0]).stem]["inference"]
+    assert failed >= inference["engine_lost_windows"]
+    assert (failed > 0) == (inference["inference_failures"] > 0)
+    print(
+        f"killed {replicas[0]}: retries {inference['engine_retries']}, "
+        f"lost windows {failed}, replicas at the end {inference['engine_replicas']}"
+    )
+
+
+def test_a_replica_no_node_can_hold_is_refused_naming_the_fix(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "gpu.yaml"
+    config.write_text("inference:\n  engine: ray\n  num_gpus: 1\n")
+    command = run_command(
+        tmp_path / "gpu.jsonl",
+        [f"file:{shared_file(CLIPS[0])}"],
+        *("--config", str(config), "--ray-address", ray_cluster),
+    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "no node of the Ray cluster can hold a replica of 1 CPU and 1 GPU" in result.stderr
+    assert "inference.num_gpus" in result.stderr
+    assert "Traceback" not in result.stderr
