@@ -119,6 +119,16 @@ class PublishConfig(StrictModel):
         return value
 
 
+class GateConfig(StrictModel):
+    """Activity gating: windows with nothing new to hear since the stream's last tagged
+    window skip the forward pass and carry its result (``soundwatch.dsp.activity``)."""
+
+    enabled: bool = False
+    level_db: float = Field(default=3.0, gt=0.0, le=60.0)
+    spectrum_db: float = Field(default=1.5, gt=0.0, le=60.0)
+    max_carry_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+
+
 class PipelineConfig(StrictModel):
     """How audio is paced and how far inference may fall behind before windows are dropped."""
 
@@ -126,6 +136,7 @@ class PipelineConfig(StrictModel):
     max_pending_windows: int = Field(default=32, ge=1, le=100_000)  # per stream
     max_pending_seconds: float = Field(default=2.0, gt=0.0, le=3600.0)  # per stream and series
     max_batch: int = Field(default=32, ge=1, le=1024)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 class Config(StrictModel):

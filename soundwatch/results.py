@@ -30,6 +30,7 @@ class WindowResult:
     t_ingest: float  # time.monotonic() when the window's last audio entered the source
     final: bool  # the stream (or a segment of it) ended with this window
     purposes: frozenset[str] = frozenset({TAGS})  # which window series it belongs to
+    carried: bool = False  # no forward pass: the stream's last tagged result, carried forward
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class LivePublisher:
                 smoothed=smoothed,
                 groups=groups,
                 head=head,
+                carried=result.carried,
             )
         )
         if self._wants_embeddings():

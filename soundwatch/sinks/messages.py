@@ -61,6 +61,8 @@ class Tags(Envelope):
     score of each event group (the highest smoothed probability among its classes);
     ``head`` each loaded head label's probability in this window (custom sounds, see
     docs/custom-sounds.md; their smoothed scores are in ``groups`` beside the others).
+    ``carried``: the window had nothing new to hear since the stream's last tagged window
+    (``pipeline.gate``), so no forward pass ran: ``probs`` are that window's, carried forward.
     """
 
     kind: ClassVar[str] = "tags"
@@ -69,6 +71,7 @@ class Tags(Envelope):
     smoothed: np.ndarray = field(default_factory=_no_floats)
     groups: dict[str, float] = field(default_factory=dict)
     head: dict[str, float] = field(default_factory=dict)  # head label -> window probability
+    carried: bool = False  # probs carried from the last tagged window (activity gate)
 
     def __post_init__(self) -> None:
         if len(self.smoothed) == 0:  # not smoothed: the window's own probabilities
@@ -148,7 +151,7 @@ MESSAGE_TYPES: dict[str, type[Envelope]] = {
 }
 #: Fields added to a kind after schema version 1 was first published: optional on receipt.
 ADDED_FIELDS: dict[str, frozenset[str]] = {
-    "tags": frozenset({"smoothed", "groups", "head"}),
+    "tags": frozenset({"smoothed", "groups", "head", "carried"}),
     "status": frozenset(
         {"inference", "groups", "events_window", "events_hop", "ended", "error", "backend"}
     ),
@@ -308,6 +311,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "inference": (dict,),
     "backend": (str,),
     "ended": (bool,),
+    "carried": (bool,),
     "error": (str,),
     "bins": (int,),
     "frame_rate": _NUMBER,
