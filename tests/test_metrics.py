@@ -122,3 +122,46 @@ def test_a_taken_port_is_explained(exporter: tuple[MetricsExporter, Publisher]) 
     metrics, _ = exporter
     with pytest.raises(SoundwatchError, match=r"cannot serve metrics on 127.0.0.1:\d+.*--metrics"):
         MetricsExporter(["tcp://127.0.0.1:9"], "127.0.0.1", metrics.port).start()
+
+
+def test_fault_counters_and_states_become_metrics(
+    exporter: tuple[MetricsExporter, Publisher],
+) -> None:
+    """The model's fault counters (status ``inference``) and each stream's losses are
+    exported; states that go down again (``device_lost``, ``inference_stalled``) as gauges."""
+    metrics, publisher = exporter
+    mic = (("stream", "mic"),)
+    faults = {"inference_failures": 3, "inference_stalls": 1}
+
+    def send(device_lost: int, stalled: int, windows_failed: int) -> None:
+        now = time.time()
+        counters = {"device_losses": 4, "device_lost": device_lost, "restarts": 3, "gaps": 4}
+        counters |= {"resyncs": 4, "windows_failed": windows_failed, "windows_tagged": 9}
+        inference = {**faults, "inference_stalled": stalled, "passes": 12}
+        publisher.publish(Status("mic", now, now, counters=counters, inference=inference))
+
+    send(device_lost=1, stalled=1, windows_failed=7)
+    samples = wait_until(
+        lambda: (s := scrape(metrics.url)).get(("soundwatch_stream_device_lost", mic)) and s,
+        what="the lost device in the metrics",
+    )
+    assert samples[("soundwatch_stream_device_losses_total", mic)] == 4
+    assert samples[("soundwatch_stream_restarts_total", mic)] == 3
+    assert samples[("soundwatch_stream_gaps_total", mic)] == 4
+    assert samples[("soundwatch_stream_resyncs_total", mic)] == 4
+    assert samples[("soundwatch_stream_windows_failed_total", mic)] == 7
+    assert ("soundwatch_stream_device_lost_total", mic) not in samples  # a state, not a count
+    assert samples[("soundwatch_inference_failures_total", ())] == 3
+    assert samples[("soundwatch_inference_stalls_total", ())] == 1
+    assert samples[("soundwatch_inference_stalled", ())] == 1
+    # The device is back and the stalled pass returned: the gauges go down, counters stay.
+    send(device_lost=0, stalled=0, windows_failed=8)
+    samples = wait_until(
+        lambda: (
+            (s := scrape(metrics.url))[("soundwatch_stream_windows_failed_total", mic)] == 8 and s
+        ),
+        what="the second status in the metrics",
+    )
+    assert samples[("soundwatch_stream_device_lost", mic)] == 0
+    assert samples[("soundwatch_inference_stalled", ())] == 0
+    assert samples[("soundwatch_inference_failures_total", ())] == 3

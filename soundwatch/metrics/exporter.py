@@ -6,7 +6,10 @@ run counts), mirrored as the pipeline reports it, so a restart of the pipeline s
 counter reset, which Prometheus handles. Started events are counted per group. Latency
 comes twice: the percentiles status reports, and a histogram of each tags message's delay
 from the end of its audio to its publication. Inference batch sizes and forward-pass times
-are histograms from status's ``inference`` field.
+are histograms from status's ``inference`` field, beside the model's fault counters there
+(``soundwatch_inference_failures_total``, ``soundwatch_inference_stalls_total``, and the
+``soundwatch_inference_stalled`` gauge). Status fields that are states, not counts
+(``device_lost``: 1 while a stream's device is lost and being reopened), are gauges.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ log = logging.getLogger(__name__)
 TOPICS = ["status.", "tags.", "events."]
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+#: Status counters that are states (they go down again): gauges, not ``_total`` counters.
+STATE_COUNTERS = {"device_lost": "1 while the stream's device is lost and being reopened"}
+#: The model's fault fields of status's ``inference``: (name, help, is a counter).
+INFERENCE_FAULTS = (
+    ("inference_failures", "Forward passes that raised (their windows lost)", True),
+    ("inference_stalls", "Forward passes that ran past the watchdog's timeout", True),
+    ("inference_stalled", "1 while a forward pass runs past the watchdog's timeout", False),
+)
 
 
 class _Mirror:
@@ -93,9 +104,16 @@ class _Mirror:
             "Capture-to-publish latency of recent windows (status percentiles)",
             labels=["stream", "quantile"],
         )
+        states = {
+            name: GaugeMetricFamily(f"soundwatch_stream_{name}", doc, labels=["stream"])
+            for name, doc in STATE_COUNTERS.items()
+        }
         now = time.monotonic()
         for stream, status in sorted(statuses.items()):
             for name, value in status.counters.items():
+                if name in states:
+                    states[name].add_metric([stream], value)
+                    continue
                 metric = _UNSAFE.sub("_", name)
                 family = counters.get(metric)
                 if family is None:
@@ -112,10 +130,15 @@ class _Mirror:
                 if key in status.latency:
                     latency.add_metric([stream, quantile], status.latency[key])
         yield from counters.values()
+        yield from states.values()
         yield from (up, failed, age, latency)
 
 
 def _inference_metrics(inference: dict[str, float]) -> Iterator[Metric]:
+    for key, doc, is_counter in INFERENCE_FAULTS:
+        if key in inference:
+            family = CounterMetricFamily if is_counter else GaugeMetricFamily
+            yield family(f"soundwatch_{key}", doc, value=inference[key])
     for name, doc, prefix, total in (
         ("soundwatch_inference_batch_size", "Windows per forward pass", "batch_le_", "windows"),
         ("soundwatch_inference_seconds", "Seconds per forward pass", "seconds_le_", "seconds"),
