@@ -10,7 +10,14 @@ seconds, 5 by default) and judges each stream:
 * over two consecutive heartbeats (``rounds=2``, the default) it tagged new windows, and it
   lost at most ``max_drop`` (5 %) of its windows (inference falling behind) and of its
   audio samples (ring overruns): a drop rate that keeps growing means the machine cannot
-  keep up.
+  keep up;
+* its device is not lost for longer than ``max_lost`` seconds (``device_lost`` in status:
+  a microphone gone and being reopened; a shorter loss is a note, and excuses the missing
+  windows);
+* the model works: no forward pass stalled past the watchdog's timeout (status's
+  ``inference_stalled``), and at most ``max_failures`` forward passes failed between two
+  heartbeats (one transient failure is survived, its windows counted in
+  ``windows_failed``; more means the model or its device is failing).
 
 Exit status 0 when every stream is healthy, 1 with the reasons otherwise.
 """
@@ -30,6 +37,8 @@ from soundwatch.sinks.messages import Status
 DEFAULT_TIMEOUT = 15.0  # seconds: two heartbeats at the default 5 s interval, and margin
 DEFAULT_MAX_AGE = 30.0  # seconds since the last tagged window's audio ended
 DEFAULT_MAX_DROP = 0.05  # fraction of windows or samples lost between two heartbeats
+DEFAULT_MAX_LOST = 10.0  # seconds a stream's device may be lost (being reopened)
+DEFAULT_MAX_FAILURES = 1  # failed forward passes allowed between two heartbeats
 
 
 @dataclass
@@ -73,6 +82,8 @@ def check_health(
     rounds: int = 2,
     max_age: float = DEFAULT_MAX_AGE,
     max_drop: float = DEFAULT_MAX_DROP,
+    max_lost: float = DEFAULT_MAX_LOST,
+    max_failures: int = DEFAULT_MAX_FAILURES,
 ) -> HealthReport:
     """Listen to status heartbeats for at most ``timeout`` seconds and judge the streams."""
     heard: dict[str, list[Status]] = {}
@@ -86,7 +97,8 @@ def check_health(
             if isinstance(message, Status):
                 heard.setdefault(message.stream, []).append(message)
         refused = subscriber.refused
-    report = HealthReport([judge(h, max_age, max_drop) for h in heard.values()])
+    report = HealthReport([judge(h, max_age, max_drop, max_lost) for h in heard.values()])
+    report.problems.extend(judge_inference(heard, max_failures))
     if not heard:
         where = endpoints if isinstance(endpoints, str) else ", ".join(endpoints)
         why = f"no status heartbeat from {where} within {timeout:g} s"
@@ -124,7 +136,41 @@ def _enough(heard: dict[str, list[Status]], required: tuple[str, ...], rounds: i
     return all(len(s) >= rounds or s[-1].ended for s in heard.values())
 
 
-def judge(statuses: list[Status], max_age: float, max_drop: float) -> StreamHealth:
+def judge_inference(heard: dict[str, list[Status]], max_failures: int) -> list[str]:
+    """Problems of the model, run-wide: every stream's status carries the run's
+    ``inference`` counters; the latest heartbeat and the one before it of the same stream
+    are compared."""
+    latest = max((s for s in heard.values()), key=lambda s: s[-1].t_pub, default=None)
+    if not latest:
+        return []
+    problems = []
+    last = latest[-1].inference
+    if last.get("inference_stalled", 0):
+        problems.append(
+            "inference is stalled: a forward pass has run past the watchdog's timeout "
+            f"({int(last.get('inference_stalls', 0))} stall(s) so far; see the log): the model "
+            "or its device hangs"
+        )
+    if len(latest) >= 2:
+        failed = last.get("inference_failures", 0) - latest[-2].inference.get(
+            "inference_failures", 0
+        )
+        seconds = latest[-1].t_pub - latest[-2].t_pub
+        if failed > max_failures:
+            problems.append(
+                f"inference failed {failed:.0f} times in {seconds:.1f} s between heartbeats "
+                f"(limit {max_failures}): the model or its device is failing (tracebacks in "
+                "the log)"
+            )
+    return problems
+
+
+def judge(
+    statuses: list[Status],
+    max_age: float,
+    max_drop: float,
+    max_lost: float = DEFAULT_MAX_LOST,
+) -> StreamHealth:
     """The verdict on one stream from its heartbeats, oldest first."""
     last = statuses[-1]
     health = StreamHealth(last.stream)
@@ -136,6 +182,18 @@ def judge(statuses: list[Status], max_age: float, max_drop: float) -> StreamHeal
         )
         return health
     age = last.t_pub - last.t_end
+    if counters.get("device_lost", 0):
+        # No audio since the device went: the age of the last window is how long, about.
+        if age > max_lost:
+            health.problems.append(
+                f"its device has been lost for about {age:.0f} s (limit {max_lost:g} s; "
+                f"{counters.get('device_losses', 0)} loss(es) so far): reopening has not "
+                "worked yet; see the log, and check the device is plugged in and its sound "
+                "server runs"
+            )
+        else:
+            health.notes.append(f"device lost about {age:.0f} s ago, reopening")
+        return health
     if age > max_age:
         health.problems.append(
             f"no window tagged for {age:.0f} s (limit {max_age:g} s): its audio stopped"
@@ -199,6 +257,20 @@ def judge(statuses: list[Status], max_age: float, max_drop: float) -> StreamHeal
 @click.option(
     "--max-drop", type=click.FloatRange(0, 1), default=DEFAULT_MAX_DROP, show_default=True
 )
+@click.option(
+    "--max-lost",
+    type=click.FloatRange(0),
+    default=DEFAULT_MAX_LOST,
+    show_default=True,
+    help="seconds a stream's device may be lost (being reopened) and still be healthy",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(0),
+    default=DEFAULT_MAX_FAILURES,
+    show_default=True,
+    help="failed forward passes allowed between two heartbeats",
+)
 @curve_client_options
 def health(
     endpoints: tuple[str, ...],
@@ -208,6 +280,8 @@ def health(
     wait: bool,
     max_age: float,
     max_drop: float,
+    max_lost: float,
+    max_failures: int,
     curve_secret: Path | None,
     curve_server: Path | None,
 ) -> None:
@@ -232,6 +306,8 @@ def health(
             "rounds": rounds,
             "max_age": max_age,
             "max_drop": max_drop,
+            "max_lost": max_lost,
+            "max_failures": max_failures,
         }
         verdict_of = wait_until_healthy if wait else check_health
         report = verdict_of(list(endpoints), timeout, **options)

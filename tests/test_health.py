@@ -27,13 +27,19 @@ REPO = Path(__file__).resolve().parent.parent
 AGES: dict[int, float] = {}  # id(status) -> seconds its last window ended before sending
 
 
-def status(stream: str = "porch", age: float = 1.0, **counters: int) -> Status:
+def status(
+    stream: str = "porch",
+    age: float = 1.0,
+    inference: dict[str, float] | None = None,
+    **counters: int,
+) -> Status:
     """A heartbeat whose last window ended ``age`` seconds before it is sent."""
     message = Status(
         stream=stream,
         t_start=0.0,
         t_end=0.0,
         counters={"windows_tagged": 0, "windows_dropped": 0, **counters},
+        inference=inference or {},
     )
     AGES[id(message)] = age
     return message
@@ -126,6 +132,54 @@ CASES = [
         ],
         False,
         "stream attic: unhealthy: ended (its source finished)",
+    ),
+    (
+        "device lost briefly: a note",
+        [
+            [status(windows_tagged=10, device_lost=1, device_losses=1, age=2)],
+            [status(windows_tagged=10, device_lost=1, device_losses=1, age=2.4)],
+        ],
+        True,
+        "device lost about 2 s ago, reopening",
+    ),
+    (
+        "device lost too long",
+        [[status(windows_tagged=10, device_lost=1, device_losses=3, age=25)]],
+        False,
+        "its device has been lost for about 25 s (limit 10 s; 3 loss(es) so far)",
+    ),
+    (
+        "device back",
+        [
+            [status(windows_tagged=10, device_lost=0, device_losses=3, restarts=3)],
+            [status(windows_tagged=14, device_lost=0, device_losses=3, restarts=3)],
+        ],
+        True,
+        "+4 windows, 0 dropped",
+    ),
+    (
+        "inference stalled",
+        [[status(windows_tagged=10, inference={"inference_stalled": 1, "inference_stalls": 1})]],
+        False,
+        "unhealthy: inference is stalled: a forward pass has run past the watchdog's timeout",
+    ),
+    (
+        "inference failing",
+        [
+            [status(windows_tagged=10, inference={"inference_failures": 0})],
+            [status(windows_tagged=11, windows_failed=6, inference={"inference_failures": 3})],
+        ],
+        False,
+        "unhealthy: inference failed 3 times in",
+    ),
+    (
+        "one transient inference failure: survived",
+        [
+            [status(windows_tagged=10, inference={"inference_failures": 2})],
+            [status(windows_tagged=14, windows_failed=1, inference={"inference_failures": 3})],
+        ],
+        True,
+        "+4 windows, 0 dropped",
     ),
 ]
 
@@ -238,3 +292,17 @@ def test_real_run_with_curve_is_healthy_and_exports_metrics(shared, tmp_path: Pa
         run.terminate()
         _, rest = run.communicate(timeout=60)
     assert run.returncode == 0, rest
+
+
+def test_health_command_exits_1_naming_a_lost_device_and_a_stalled_model(
+    beats: Heartbeats,
+) -> None:
+    lost = {"windows_tagged": 10, "device_lost": 1, "device_losses": 2}
+    stalled = {"inference_stalled": 1, "inference_stalls": 1}
+    endpoint = beats.play([status(age=12, inference=stalled, **lost)])
+    result = run_health(endpoint, "--timeout", "20", "--rounds", "1", "--max-lost", "5")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unhealthy: inference is stalled" in result.stderr
+    assert "stream porch: unhealthy: its device has been lost for about 12 s (limit 5 s" in (
+        result.stderr
+    )
