@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from soundwatch.control.config import ControlConfig
 from soundwatch.dashboard.config import DashboardConfig
+from soundwatch.edge.config import EdgeConfig, ServeConfig
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.heads.config import HeadsConfig
@@ -158,6 +159,8 @@ class Config(StrictModel):
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    edge: EdgeConfig = Field(default_factory=EdgeConfig)
 
 
 def parse_config(data: Any, origin: str = "<config>") -> Config:
