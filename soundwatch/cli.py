@@ -105,138 +105,153 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("soundwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-@main.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--source",
-    "sources",
-    multiple=True,
-    metavar="[ID=]SPEC",
-    help="mic | mic:DEVICE | file:PATH | pcm:- | synthetic (repeatable)",
-)
-@click.option("--publish", "endpoints", multiple=True, metavar="ENDPOINT", help="tcp:// or ipc://")
-@click.option("--jsonl", metavar="PATH", help="also write JSON lines ('-' for stdout)")
-@click.option(
-    "--wait-for-subscribers",
-    "wait_for",
-    type=int,
-    metavar="N",
-    help="wait for N subscriptions before tagging",
-)
-@click.option(
-    "--dashboard",
-    "dashboard_at",
-    metavar="[HOST:]PORT",
-    help="serve the live dashboard from this process (127.0.0.1 unless HOST is given)",
-)
-@click.option(
-    "--mqtt", "mqtt_broker", metavar="URL", help="bridge to MQTT: mqtt://[USER:PASS@]HOST"
-)
-@click.option(
-    "--record",
-    "record_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    metavar="DIR",
-    help="keep event clips and the history (events.sqlite) in DIR",
-)
-@click.option(
-    "--head",
-    "head_files",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    metavar="FILE",
-    help="custom-sound head (soundwatch learn) or folder of heads (repeatable)",
-)
-@click.option(
-    "--dashboard-token",
-    envvar="SOUNDWATCH_DASHBOARD_TOKEN",
-    metavar="TOKEN",
-    help="token the dashboard page asks for (required when --dashboard is not loopback)",
-)
-@click.option(
-    "--metrics",
-    "metrics_at",
-    metavar="[HOST:]PORT",
-    help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given)",
-)
-@click.option(
-    "--curve-secret",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="SERVER.key_secret",
-    help="CURVE: encrypt the endpoints with this secret key (with --curve-allow)",
-)
-@click.option(
-    "--curve-allow",
-    type=click.Path(file_okay=False, path_type=Path),
-    metavar="DIR",
-    help="CURVE: serve only clients whose public .key file is in DIR",
-)
-@click.option(
-    "--control",
-    "control_at",
-    is_flag=False,
-    flag_value="tcp://127.0.0.1:5558",
-    default=None,
-    metavar="ENDPOINT",
-    help="listen for soundwatch ctl (default endpoint tcp://127.0.0.1:5558)",
-)
-@click.option(
-    "--persist", is_flag=True, default=None, help="keep runtime changes in an overlay file"
-)
-@click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
-@click.option("--loop/--no-loop", default=None, help="loop file sources")
-@click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ...")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]))
-@click.option("--threads", type=int)
-@click.option("--window", type=float, metavar="SECONDS")
-@click.option("--hop", type=float, metavar="SECONDS")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    help="where forward passes run: this process, or a Ray Serve deployment (docs/scale.md)",
-)
-@click.option("--ray-address", metavar="ADDR", help="with --engine ray: local | auto | HOST:PORT")
-@click.option(
-    "--replicas", type=click.IntRange(1, 1000), help="with --engine ray: replicas of the tagger"
-)
-@click.option("-v", "--verbose", is_flag=True)
-@user_errors
-def run(
-    config_path: Path | None,
-    sources: tuple[str, ...],
-    endpoints: tuple[str, ...],
-    jsonl: str | None,
-    wait_for: int | None,
-    dashboard_at: str | None,
-    mqtt_broker: str | None,
-    record_dir: Path | None,
-    control_at: str | None,
-    persist: bool | None,
-    head_files: tuple[Path, ...],
-    dashboard_token: str | None,
-    metrics_at: str | None,
-    curve_secret: Path | None,
-    curve_allow: Path | None,
-    pace: str | None,
-    loop: bool | None,
-    model_name: str | None,
-    weights: Path | None,
-    device: str | None,
-    backend: str | None,
-    threads: int | None,
-    window: float | None,
-    hop: float | None,
-    engine: str | None,
-    ray_address: str | None,
-    replicas: int | None,
-    verbose: bool,
-) -> None:
-    """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
+#: The options of ``soundwatch run``, which ``soundwatch serve`` shares (:func:`run_options`):
+#: one list, so an option added here reaches both commands.
+RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option(
+        "--source",
+        "sources",
+        multiple=True,
+        metavar="[ID=]SPEC",
+        help="mic | mic:DEVICE | file:PATH | pcm:- | synthetic (repeatable)",
+    ),
+    click.option(
+        "--publish", "endpoints", multiple=True, metavar="ENDPOINT", help="tcp:// or ipc://"
+    ),
+    click.option("--jsonl", metavar="PATH", help="also write JSON lines ('-' for stdout)"),
+    click.option(
+        "--wait-for-subscribers",
+        "wait_for",
+        type=int,
+        metavar="N",
+        help="wait for N subscriptions before tagging",
+    ),
+    click.option(
+        "--dashboard",
+        "dashboard_at",
+        metavar="[HOST:]PORT",
+        help="serve the live dashboard from this process (127.0.0.1 unless HOST is given)",
+    ),
+    click.option(
+        "--mqtt", "mqtt_broker", metavar="URL", help="bridge to MQTT: mqtt://[USER:PASS@]HOST"
+    ),
+    click.option(
+        "--record",
+        "record_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        metavar="DIR",
+        help="keep event clips and the history (events.sqlite) in DIR",
+    ),
+    click.option(
+        "--head",
+        "head_files",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="custom-sound head (soundwatch learn) or folder of heads (repeatable)",
+    ),
+    click.option(
+        "--dashboard-token",
+        envvar="SOUNDWATCH_DASHBOARD_TOKEN",
+        metavar="TOKEN",
+        help="token the dashboard page asks for (required when --dashboard is not loopback)",
+    ),
+    click.option(
+        "--metrics",
+        "metrics_at",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at /metrics (127.0.0.1 unless HOST is given)",
+    ),
+    click.option(
+        "--curve-secret",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="SERVER.key_secret",
+        help="CURVE: encrypt the endpoints with this secret key (with --curve-allow)",
+    ),
+    click.option(
+        "--curve-allow",
+        type=click.Path(file_okay=False, path_type=Path),
+        metavar="DIR",
+        help="CURVE: serve only clients whose public .key file is in DIR",
+    ),
+    click.option(
+        "--control",
+        "control_at",
+        is_flag=False,
+        flag_value="tcp://127.0.0.1:5558",
+        default=None,
+        metavar="ENDPOINT",
+        help="listen for soundwatch ctl (default endpoint tcp://127.0.0.1:5558)",
+    ),
+    click.option(
+        "--persist", is_flag=True, default=None, help="keep runtime changes in an overlay file"
+    ),
+    click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources"),
+    click.option("--loop/--no-loop", default=None, help="loop file sources"),
+    click.option("--model", "model_name", metavar="NAME", help="mn04, mn10, dymn10, ..."),
+    click.option("--weights", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
+    click.option("--backend", type=click.Choice(["auto", "torch", "onnx"])),
+    click.option("--threads", type=int),
+    click.option("--window", type=float, metavar="SECONDS"),
+    click.option("--hop", type=float, metavar="SECONDS"),
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        help="where forward passes run: this process, or a Ray Serve deployment (docs/scale.md)",
+    ),
+    click.option(
+        "--ray-address", metavar="ADDR", help="with --engine ray: local | auto | HOST:PORT"
+    ),
+    click.option(
+        "--replicas", type=click.IntRange(1, 1000), help="with --engine ray: replicas of the tagger"
+    ),
+    click.option("-v", "--verbose", is_flag=True),
+]
+
+
+def run_options(func: F) -> F:
+    """Decorate a command with every option of ``soundwatch run`` (:data:`RUN_OPTIONS`)."""
+    for option in reversed(RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+def run_config(options: dict[str, Any]) -> Any:
+    """The :class:`~soundwatch.config.Config` of a ``run`` (or ``serve``) command line: the
+    config file with the flags given applied (and logging set up as ``-v`` asks)."""
+    config_path = options["config_path"]
+    sources = options["sources"]
+    endpoints = options["endpoints"]
+    jsonl = options["jsonl"]
+    wait_for = options["wait_for"]
+    dashboard_at = options["dashboard_at"]
+    mqtt_broker = options["mqtt_broker"]
+    record_dir = options["record_dir"]
+    control_at = options["control_at"]
+    persist = options["persist"]
+    head_files = options["head_files"]
+    dashboard_token = options["dashboard_token"]
+    metrics_at = options["metrics_at"]
+    curve_secret = options["curve_secret"]
+    curve_allow = options["curve_allow"]
+    pace = options["pace"]
+    loop = options["loop"]
+    model_name = options["model_name"]
+    weights = options["weights"]
+    device = options["device"]
+    backend = options["backend"]
+    threads = options["threads"]
+    window = options["window"]
+    hop = options["hop"]
+    engine = options["engine"]
+    ray_address = options["ray_address"]
+    replicas = options["replicas"]
+    verbose = options["verbose"]
     from soundwatch.config import apply_overrides, load_config, model_and_window_overrides
     from soundwatch.dashboard.config import parse_listen_address
-    from soundwatch.runner import run_live, sources_from_args
+    from soundwatch.sources import sources_from_args
 
     _setup_logging(verbose)
     dashboard_host, dashboard_port = (
@@ -280,19 +295,22 @@ def run(
             ),
         },
     )
+    return config
 
-    def announce(pipeline, endpoints_bound: list[str], notes: list[str]) -> None:
-        names = ", ".join(f"{s.id} ({s.source.describe().get('kind')})" for s in pipeline.streams)
-        where = ", ".join(endpoints_bound) or "no ZeroMQ endpoint"
-        click.echo(f"soundwatch: tagging {names}; publishing on {where}", err=True)
-        for note in notes:
-            click.echo(f"  {note}", err=True)
-        if endpoints_bound:
-            click.echo(
-                f"  watch it with: soundwatch tail --endpoint {endpoints_bound[0]}", err=True
-            )
 
-    pipeline = run_live(config, on_ready=announce, config_path=config_path)
+def announce_run(pipeline: Any, endpoints_bound: list[str], notes: list[str]) -> None:
+    """What a run says once everything listens (run_live's ``on_ready``)."""
+    names = ", ".join(f"{s.id} ({s.source.describe().get('kind')})" for s in pipeline.streams)
+    where = ", ".join(endpoints_bound) or "no ZeroMQ endpoint"
+    click.echo(f"soundwatch: tagging {names or 'no local source'}; publishing on {where}", err=True)
+    for note in notes:
+        click.echo(f"  {note}", err=True)
+    if endpoints_bound:
+        click.echo(f"  watch it with: soundwatch tail --endpoint {endpoints_bound[0]}", err=True)
+
+
+def finish_run(pipeline: Any) -> None:
+    """Print what every stream counted, then exit at once (see :func:`_exit_now`)."""
     for state in pipeline.streams:
         counters = {**vars(state.source.stats()), **vars(state.counters)}
         click.echo(f"soundwatch: stream {state.id} finished: {counters}", err=True)
@@ -307,6 +325,17 @@ def run(
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     click.echo(f"soundwatch: stopped; threads left: {', '.join(left) or 'none'}", err=True)
     _exit_now(0)
+
+
+@main.command("run")
+@run_options
+@user_errors
+def run(**options: Any) -> None:
+    """Listen, tag and publish until Ctrl-C (or until every file source has ended)."""
+    from soundwatch.runner import run_live
+
+    config = run_config(options)
+    finish_run(run_live(config, on_ready=announce_run, config_path=options["config_path"]))
 
 
 def _exit_now(status: int) -> None:
@@ -577,6 +606,11 @@ main.add_command(finetune)
 from soundwatch.recorder.record_command import record  # noqa: E402 (registered after main)
 
 main.add_command(record)
+
+from soundwatch.edge.command import edge, serve  # noqa: E402 (registered after main)
+
+main.add_command(edge)
+main.add_command(serve)
 
 
 if __name__ == "__main__":

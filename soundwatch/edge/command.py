@@ -1,0 +1,147 @@
+"""``soundwatch edge`` (capture and send frames) and ``soundwatch serve`` (tag them centrally)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from soundwatch.cli import (
+    _setup_logging,
+    announce_run,
+    finish_run,
+    run_config,
+    run_options,
+    user_errors,
+)
+
+
+@click.command("edge")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="[ID=]SPEC",
+    help="mic | mic:DEVICE | file:PATH | pcm:- | synthetic (repeatable)",
+)
+@click.option("--to", "to", metavar="tcp://HOST:PORT", help="the soundwatch serve to send to")
+@click.option("--id", "node_id", metavar="NODE", help="this node's id (default: the host name)")
+@click.option("--encoding", type=click.Choice(["float16", "float32"]), help="frame encoding")
+@click.option(
+    "--buffer", "buffer_seconds", type=float, metavar="SECONDS", help="unacked, per stream"
+)
+@click.option("--pace", type=click.Choice(["realtime", "fast"]), help="pace of file sources")
+@click.option("--loop/--no-loop", default=None, help="loop file sources")
+@click.option(
+    "--curve-secret",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="EDGE.key_secret",
+    help="CURVE: this edge's secret key (with --curve-server)",
+)
+@click.option(
+    "--curve-server",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="SERVER.key",
+    help="CURVE: the server's public key",
+)
+@click.option("-v", "--verbose", is_flag=True)
+@user_errors
+def edge(
+    config_path: Path | None,
+    sources: tuple[str, ...],
+    to: str | None,
+    node_id: str | None,
+    encoding: str | None,
+    buffer_seconds: float | None,
+    pace: str | None,
+    loop: bool | None,
+    curve_secret: Path | None,
+    curve_server: Path | None,
+    verbose: bool,
+) -> None:
+    """Capture here, compute log-mel frames and send them to a soundwatch serve."""
+    from soundwatch.config import apply_overrides, load_config
+    from soundwatch.edge.node import EdgeNode
+    from soundwatch.sources import open_sources, sources_from_args
+
+    _setup_logging(verbose)
+    config = load_config(config_path)
+    config = apply_overrides(
+        config,
+        {
+            "sources": sources_from_args(sources, loop) if sources else None,
+            "pipeline.pace": pace,
+            "edge.to": to,
+            "edge.id": node_id,
+            "edge.encoding": encoding,
+            "edge.buffer_seconds": buffer_seconds,
+            "edge.curve_secret": curve_secret,
+            "edge.curve_server": curve_server,
+        },
+    )
+    opened = open_sources(config)
+    node = EdgeNode(opened, config.edge)
+    names = ", ".join(f"{node.node}-{s.id}" for s in opened)
+    click.echo(f"soundwatch edge: sending {names} to {config.edge.to}", err=True)
+    previous = {s: signal.signal(s, lambda *_: node.stop()) for s in _SIGNALS}
+    try:
+        node.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for stream in node.streams:
+        counters = {**vars(stream.source.stats()), **vars(stream.counters)}
+        click.echo(f"soundwatch edge: stream {stream.id} finished: {counters}", err=True)
+    sys.stderr.flush()
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@click.command("serve")
+@click.option(
+    "--listen",
+    metavar="tcp://HOST:PORT",
+    help="where edge nodes connect (soundwatch edge --to)",
+)
+@click.option(
+    "--silent-after",
+    type=float,
+    metavar="SECONDS",
+    help="report an edge stream silent after this long without frames",
+)
+@run_options
+@user_errors
+def serve(listen: str | None, silent_after: float | None, **options: Any) -> None:
+    """Tag the streams of edge nodes (and any --source here) like soundwatch run, until
+    Ctrl-C: same model, window, events and publishing options, same topics and messages."""
+    from soundwatch.config import apply_overrides
+    from soundwatch.edge.server import EdgeServer
+    from soundwatch.errors import SoundwatchError
+    from soundwatch.runner import curve_server, run_live
+
+    config = run_config(options)
+    config = apply_overrides(config, {"serve.listen": listen, "serve.silent_after": silent_after})
+    if config.serve.listen is None:
+        raise SoundwatchError(
+            "serve needs an address for the edges: --listen tcp://HOST:PORT (or serve.listen)"
+        )
+    curve = curve_server(config)
+
+    def listener(pipeline: Any) -> EdgeServer:
+        server = EdgeServer(config.serve.listen, pipeline, curve, config.serve.silent_after)
+        click.echo(f"soundwatch serve: listening for edges on {server.endpoint}", err=True)
+        return server
+
+    pipeline = run_live(
+        config,
+        on_ready=announce_run,
+        config_path=options["config_path"],
+        feeder=listener,
+        local_sources=bool(options["sources"]),
+    )
+    finish_run(pipeline)
