@@ -110,7 +110,7 @@ def head_kshot(backend, worker, categories, clips, settings) -> tuple[np.ndarray
                 settings.window_s,
                 settings.hop_s,
             )
-            probs = head.predict(out.embeddings).mean(axis=0)
+            probs = head.predict(out.embeddings, out.probs).mean(axis=0)
             side.append(head.labels[int(np.argmax(probs))] == label_of[c])
         correct[test_side] = side
     return np.array(correct[0] + correct[1]), seconds
@@ -139,7 +139,7 @@ def finetuned_kshot(categories, clips, epochs: int) -> tuple[np.ndarray, list[fl
                 3.0,
                 0.5,
             )
-            probs = head.predict(out.embeddings).mean(axis=0)
+            probs = head.predict(out.embeddings, out.probs).mean(axis=0)
             side.append(head.labels[int(np.argmax(probs))] == c.replace("-", "_"))
         correct[test_side] = side
     return np.array(correct[0] + correct[1]), seconds
@@ -181,7 +181,7 @@ def event_f1(backend, worker, categories, clips, settings) -> list[str]:
             found = {
                 "preset": detect_events_offline(w.starts, w.stops, w.probs, preset),
                 "head": detect_events_offline(
-                    w.starts, w.stops, head.predict(w.embeddings), head_settings
+                    w.starts, w.stops, head.predict(w.embeddings, w.probs), head_settings
                 ),
             }
             for method, detected in found.items():
@@ -209,13 +209,13 @@ def costs(backend, worker, categories, clips, settings) -> list[str]:
     learn_s = time.perf_counter() - started
     window = np.random.default_rng(0).standard_normal((1, 128, 300)).astype(np.float32)
     worker.infer(window)
-    _, embedding = worker.infer(window)
+    probs, embedding = worker.infer(window)
     infer_times, head_times = [], []
     for _ in range(200):
         t0 = time.perf_counter()
         worker.infer(window)
         t1 = time.perf_counter()
-        head.predict(embedding[0])
+        head.predict(embedding[0], probs[0])
         t2 = time.perf_counter()
         infer_times.append(t1 - t0)
         head_times.append(t2 - t1)

@@ -462,7 +462,7 @@ def _print_windows(
         t_end = round(result.offset_s + (result.t_end - result.t_start), 3)
         head = {}
         if heads is not None and heads.labels:
-            head_probs = heads.predict(result.embedding).tolist()
+            head_probs = heads.predict(result.embedding, result.probs).tolist()
             head = {label: round(p, 4) for label, p in zip(heads.labels, head_probs, strict=True)}
         if as_json:
             record: dict = {"file": path, "t_start": t_start, "t_end": t_end, "top": top}

@@ -154,6 +154,25 @@ def test_head_file_round_trip_and_label_rules(tmp_path) -> None:
     with pytest.raises(SoundwatchError, match="head label 'door bell' is not valid"):
         dataclasses.replace(head, labels=["door bell", "b"])
 
+    # A head that also reads the AudioSet probabilities (what `learn` makes): 8 + 3 inputs.
+    wide = Backbone("mn04", "ab" * 32, 8, 3.0, num_classes=3)
+    head = dataclasses.replace(
+        head,
+        backbone=wide,
+        inputs="embedding+sqrt_probs",
+        mean=np.zeros(11, np.float32),
+        scale=np.ones(11, np.float32),
+        weights=[rng.standard_normal((11, 2)).astype(np.float32)],
+        biases=[np.zeros(2, np.float32)],
+    )
+    loaded = load_head(head.save(tmp_path / "wide.swhead"))
+    probs = rng.uniform(0, 1, (5, 3)).astype(np.float32)
+    expected = 1 / (1 + np.exp(-(np.concatenate([x, np.sqrt(probs)], 1) @ head.weights[0])))
+    np.testing.assert_allclose(loaded.predict(x, probs), expected, rtol=1e-5)
+    assert loaded.inputs == "embedding+sqrt_probs" and loaded.backbone == wide
+    with pytest.raises(SoundwatchError, match="needs the window's probabilities"):
+        loaded.predict(x)
+
 
 def read_lines(path: Path) -> list[dict]:
     if not path.exists():

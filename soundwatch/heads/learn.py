@@ -1,6 +1,10 @@
 """Learn a head from a few examples: augmented windows -> embeddings -> logistic regression
 (or a tiny MLP) -> per-label thresholds calibrated on held-back windows.
 
+The head reads each window's embedding and the square roots of its AudioSet probabilities
+(:func:`soundwatch.heads.fileformat.head_features`): with one example per sound the
+backbone's own classes are the strongest prior there is.
+
 Each label's example files (and the negatives: the room without the sound, other sounds
 that must not count) are cut into the pipeline's windows, clean and in augmented copies
 (:mod:`soundwatch.heads.augment`), and embedded by the backbone once. A one-vs-rest
@@ -27,7 +31,7 @@ from torch import nn
 from soundwatch.errors import SoundwatchError
 from soundwatch.heads import augment
 from soundwatch.heads.embeddings import Infer, infer_windows, mel_windows, read_wave
-from soundwatch.heads.fileformat import Backbone, Head, check_label
+from soundwatch.heads.fileformat import INPUTS, Backbone, Head, check_label, head_features
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class LearnSettings:
     max_iter: int = 200  # L-BFGS iterations
     calibrate: bool = True
     seed: int = 0
+    inputs: str = INPUTS[-1]  # embedding + sqrt(AudioSet probabilities)
 
 
 @dataclass
@@ -67,10 +72,11 @@ class Backend:
 
 @dataclass
 class TrainingSet:
-    """Embedded windows: ``label`` is the label index or ``NEGATIVE``; ``fold`` the cross-
-    fitting fold; ``clean`` marks windows of unaugmented audio (scored for calibration)."""
+    """Embedded windows: ``features`` what the head reads (:func:`head_features`); ``label``
+    the label index or ``NEGATIVE``; ``fold`` the cross-fitting fold; ``clean`` marks
+    windows of unaugmented audio (scored for calibration)."""
 
-    embeddings: np.ndarray
+    features: np.ndarray
     label: np.ndarray
     fold: np.ndarray
     clean: np.ndarray
@@ -174,9 +180,11 @@ def build_training_set(
         if progress is not None:
             progress(f"{path}: {n} windows x {settings.copies + 1}")
     started = time.perf_counter()
-    _, embeddings = infer_windows(mels, backend.infer, backend.num_classes, backend.embedding_dim)
+    probs, embeddings = infer_windows(
+        mels, backend.infer, backend.num_classes, backend.embedding_dim
+    )
     return TrainingSet(
-        embeddings=embeddings,
+        features=head_features(embeddings, probs, settings.inputs),
         label=np.asarray(labels, dtype=np.int64),
         fold=np.asarray(folds, dtype=np.int64),
         clean=np.asarray(clean, dtype=bool),
@@ -263,8 +271,8 @@ def calibrate(
         train = data.fold != f
         if not test.any() or not (data.label[train] >= 0).any():
             continue
-        fitted = fit(data.embeddings[train], data.label[train], num_labels, settings)
-        heldout[test] = fitted.predict(data.embeddings[test])
+        fitted = fit(data.features[train], data.label[train], num_labels, settings)
+        heldout[test] = fitted.predict(data.features[test])
     thresholds = np.full(num_labels, 0.5, dtype=np.float32)
     f1 = np.zeros(num_labels, dtype=np.float32)
     scored = ~np.isnan(heldout[:, 0])
@@ -298,7 +306,7 @@ def learn_head(
         thresholds, f1 = calibrate(data, len(labels), settings)
     else:
         thresholds, f1 = np.full(len(labels), 0.5, np.float32), np.zeros(len(labels), np.float32)
-    fitted = fit(data.embeddings, data.label, len(labels), settings)
+    fitted = fit(data.features, data.label, len(labels), settings)
     t_done = time.perf_counter()
     report = LearnReport(
         files={label: len(files) for label, files in examples.items()}
@@ -325,6 +333,7 @@ def learn_head(
             weights_sha256=backend.weights_sha256,
             embedding_dim=backend.embedding_dim,
             window_s=settings.window_s,
+            num_classes=backend.num_classes,
         ),
         info={
             "files": report.files,
@@ -335,5 +344,6 @@ def learn_head(
             "hidden": settings.hidden,
             "learned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
+        inputs=settings.inputs,
     )
     return head, report

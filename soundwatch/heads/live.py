@@ -158,13 +158,14 @@ class HeadBank:
         self._install(heads, stamps)
         return True
 
-    def predict(self, embedding: np.ndarray) -> np.ndarray:
-        """``[D]`` or ``[B, D]`` embeddings -> every head's probabilities, stacked by label."""
+    def predict(self, embedding: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """``[D]`` or ``[B, D]`` embeddings (with the windows' AudioSet probabilities) ->
+        every head's probabilities, stacked by label."""
         if not self.heads:
             return np.zeros((*np.shape(embedding)[:-1], 0), dtype=np.float32)
         if len(self.heads) == 1:
-            return self.heads[0].predict(embedding)
-        return np.concatenate([h.predict(embedding) for h in self.heads], axis=-1)
+            return self.heads[0].predict(embedding, probs)
+        return np.concatenate([h.predict(embedding, probs) for h in self.heads], axis=-1)
 
 
 class HeadsHandler:
@@ -223,7 +224,7 @@ class HeadsHandler:
             return self._last[1], self._last[2]
         if not self.bank.labels or TAGS not in result.purposes:
             return {}, {}
-        probs = self.bank.predict(result.embedding)
+        probs = self.bank.predict(result.embedding, result.probs)
         smoother = self.smoothers.get(result.stream)
         if smoother is None:
             smoother = TagSmoother(*self.smoothing, self.hop_s)
