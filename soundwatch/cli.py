@@ -338,6 +338,24 @@ def run(**options: Any) -> None:
     finish_run(run_live(config, on_ready=announce_run, config_path=options["config_path"]))
 
 
+@main.command("serve")
+@click.option("--listen", metavar="tcp://HOST:PORT", help="where edges connect (edge --to)")
+@click.option(
+    "--silent-after",
+    type=float,
+    metavar="SECONDS",
+    help="report an edge stream silent after this long without frames",
+)
+@run_options
+@user_errors
+def serve(listen: str | None, silent_after: float | None, **options: Any) -> None:
+    """Tag the streams of edge nodes (and any --source here) like run does, until Ctrl-C:
+    the same model, window, events and publishing options, topics and messages."""
+    from soundwatch.edge.command import serve as serve_edges
+
+    serve_edges(listen, silent_after, options)
+
+
 def _exit_now(status: int) -> None:
     """Exit without the interpreter's slow teardown (seconds for torch's libraries).
 
@@ -607,10 +625,9 @@ from soundwatch.recorder.record_command import record  # noqa: E402 (registered 
 
 main.add_command(record)
 
-from soundwatch.edge.command import edge, serve  # noqa: E402 (registered after main)
+from soundwatch.edge.command import edge  # noqa: E402 (registered after main)
 
 main.add_command(edge)
-main.add_command(serve)
 
 
 if __name__ == "__main__":

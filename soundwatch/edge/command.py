@@ -9,15 +9,6 @@ from typing import Any
 
 import click
 
-from soundwatch.cli import (
-    _setup_logging,
-    announce_run,
-    finish_run,
-    run_config,
-    run_options,
-    user_errors,
-)
-
 
 @click.command("edge")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -49,7 +40,6 @@ from soundwatch.cli import (
     help="CURVE: the server's public key",
 )
 @click.option("-v", "--verbose", is_flag=True)
-@user_errors
 def edge(
     config_path: Path | None,
     sources: tuple[str, ...],
@@ -64,6 +54,26 @@ def edge(
     verbose: bool,
 ) -> None:
     """Capture here, compute log-mel frames and send them to a soundwatch serve."""
+    params = dict(locals())
+    from soundwatch.cli import user_errors
+
+    user_errors(_edge)(**params)
+
+
+def _edge(
+    config_path: Path | None,
+    sources: tuple[str, ...],
+    to: str | None,
+    node_id: str | None,
+    encoding: str | None,
+    buffer_seconds: float | None,
+    pace: str | None,
+    loop: bool | None,
+    curve_secret: Path | None,
+    curve_server: Path | None,
+    verbose: bool,
+) -> None:
+    from soundwatch.cli import _setup_logging
     from soundwatch.config import apply_overrides, load_config
     from soundwatch.edge.node import EdgeNode
     from soundwatch.sources import open_sources, sources_from_args
@@ -102,23 +112,9 @@ def edge(
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-@click.command("serve")
-@click.option(
-    "--listen",
-    metavar="tcp://HOST:PORT",
-    help="where edge nodes connect (soundwatch edge --to)",
-)
-@click.option(
-    "--silent-after",
-    type=float,
-    metavar="SECONDS",
-    help="report an edge stream silent after this long without frames",
-)
-@run_options
-@user_errors
-def serve(listen: str | None, silent_after: float | None, **options: Any) -> None:
-    """Tag the streams of edge nodes (and any --source here) like soundwatch run, until
-    Ctrl-C: same model, window, events and publishing options, same topics and messages."""
+def serve(listen: str | None, silent_after: float | None, options: dict[str, Any]) -> None:
+    """``soundwatch serve``: ``run``'s options (``options``) plus the edge listener."""
+    from soundwatch.cli import announce_run, finish_run, run_config
     from soundwatch.config import apply_overrides
     from soundwatch.edge.server import EdgeServer
     from soundwatch.errors import SoundwatchError
