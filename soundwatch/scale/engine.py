@@ -41,8 +41,10 @@ class ChunkLost(RuntimeError):
     """A chunk failed on two replicas: the pipeline counts its pass's windows as lost."""
 
 
-def connect(address: str) -> bool:
-    """Connect this process to Ray; True when it started a local Ray (closed with it).
+def connect(address: str) -> bool | None:
+    """Connect this process to Ray: True when it started a local Ray (stopped on close),
+    False when it joined a cluster (left on close), None when it was already connected
+    (the connection is the caller's).
 
     ``local`` starts a head on this machine, ``auto`` joins the cluster this machine is part
     of (``ray start``), anything else is a cluster address (HOST:PORT or ray://HOST:PORT).
@@ -50,7 +52,7 @@ def connect(address: str) -> bool:
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     kwargs: dict[str, Any] = {
         "namespace": "soundwatch",
         "log_to_driver": False,
@@ -143,7 +145,7 @@ class RayEngine:
         self.loaded = loaded
         self.config = config
         self.app_name = f"soundwatch-{socket.gethostname()}-{os.getpid()}"
-        self._started_ray = connect(config.ray_address)
+        self._ray = connect(config.ray_address)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.requests = 0
@@ -327,14 +329,15 @@ class RayEngine:
 
         started = time.monotonic()
         try:
-            if self._started_ray:
+            if self._ray:
                 serve.shutdown()
             else:
                 serve.delete(self.app_name, _blocking=False)
         except Exception as error:
             log.warning("removing the Ray Serve deployment failed: %s", error)
         finally:
-            ray.shutdown()
+            if self._ray is not None:
+                ray.shutdown()
         log.debug("Ray engine closed in %.1f s", time.monotonic() - started)
 
 
