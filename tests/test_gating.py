@@ -3,6 +3,7 @@ result, marked as carried, on the mel statistics alone and through the pipeline.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -81,7 +82,7 @@ def test_the_model_hears_a_steady_stream_at_least_every_max_carry_s() -> None:
     carried = decisions(ActivityGate(GateSettings(max_carry_s=4.0)), windows)
     run_at = [w.stop for w, c in zip(windows, carried, strict=True) if not c]
     assert run_at[0] == 300
-    assert all(0 < b - a <= 400 for a, b in zip(run_at, run_at[1:], strict=False))
+    assert all(0 < b - a <= 400 for a, b in itertools.pairwise(run_at))
     assert len(run_at) >= 4
 
 
@@ -97,7 +98,7 @@ def test_final_windows_and_a_forgotten_reference_are_run() -> None:
 
 
 def test_thresholds_are_in_db_and_must_be_positive() -> None:
-    assert DB_PER_UNIT == pytest.approx(21.714724, rel=1e-6)
+    assert pytest.approx(21.714724, rel=1e-6) == DB_PER_UNIT
     with pytest.raises(ValueError, match="positive"):
         GateSettings(level_db=0.0)
 
@@ -181,7 +182,7 @@ def test_pipeline_carries_the_last_result_of_each_stream_and_counts_it() -> None
     assert sum(r.carried for r in busy_results) < sum(r.carried for r in quiet)
     for results in (quiet, busy_results):
         assert not results[0].carried and not results[-1].carried  # first and final window
-        for before, after in zip(results, results[1:], strict=False):
+        for before, after in itertools.pairwise(results):
             assert after.start_frame > before.start_frame  # each stream in time order
             if after.carried:  # exactly the previous result, its own time span
                 np.testing.assert_array_equal(after.probs, before.probs)
@@ -196,9 +197,7 @@ def test_pipeline_carries_the_last_result_of_each_stream_and_counts_it() -> None
 def test_without_a_gate_every_window_is_run() -> None:
     model = CountingModel()
     collector = Collector()
-    Pipeline(
-        [WaveSource("quiet", room(5.0, 8))], model, [collector], window_s=3.0, hop_s=0.5
-    ).run()
+    Pipeline([WaveSource("quiet", room(5.0, 8))], model, [collector], window_s=3.0, hop_s=0.5).run()
     assert model.windows == len(collector.results) == 5
     assert not any(r.carried for r in collector.results)
 
@@ -244,3 +243,11 @@ def test_tags_say_carried_on_the_wire_and_older_publishers_mean_not_carried() ->
     body["carried"] = 1  # not a bool
     with pytest.raises(Exception, match="carried"):
         decode(topic, msgpack.packb(body, use_bin_type=True))
+
+
+def test_the_run_gates_by_default_with_the_documented_thresholds() -> None:
+    from soundwatch.config import Config, apply_overrides
+    from soundwatch.runner import gate_settings
+
+    assert gate_settings(Config()) == GateSettings(level_db=2.0, spectrum_db=1.5, max_carry_s=10)
+    assert gate_settings(apply_overrides(Config(), {"pipeline.gate": {"enabled": False}})) is None
