@@ -24,6 +24,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.pipeline import room_noise  # noqa: E402
 from benchmarks.scenes import (  # noqa: E402
     SCENES_DEV,
     SET_B,
@@ -80,18 +81,6 @@ def score_scenes(directory: Path, cache: WindowCache, detector, gate: GateSettin
         events = detect_events_offline(w.starts, w.stops, probs, detector)
         score.add(score_events(truth, [LabelledEvent(e.label, e.onset, e.offset) for e in events]))
     return score, carried / total
-
-
-def room_noise(seconds: float = 60.0, seed: int = 0) -> np.ndarray:
-    """Steady room noise at about -60 dBFS with a slow 2 dB level drift (a quiet room)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * 32000)
-    white = rng.standard_normal(n)
-    brown = np.cumsum(white)
-    brown -= np.convolve(brown, np.ones(3200) / 3200, mode="same")  # no DC wander
-    noise = 0.7 * white / white.std() + 0.3 * brown / brown.std()
-    drift = 10 ** (np.sin(np.linspace(0, 2 * np.pi, n)) / 20)  # +-1 dB
-    return (0.001 * noise * drift).astype(np.float32)
 
 
 def main() -> None:

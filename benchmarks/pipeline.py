@@ -15,6 +15,14 @@ Prints one JSON object (``--json``) or a short summary:
 - ``rss_mb`` at the end, ``rss_idle_mb`` before the sources started, their difference per
   stream.
 
+``--quiet F`` plays steady low-level room noise (generated once into the user cache
+directory) on that fraction of the streams, the clips on the rest: rooms are quiet most of
+the time, which activity gating (``--gate on|off``, ``pipeline.gate``) exploits.
+``--rss-every S`` samples RSS every S seconds (``rss_samples``) and reports its growth after
+``--warmup`` seconds (``rss_growth_after_warmup_mb``). ``--startup`` measures, with warm
+caches, how long ``soundwatch run`` takes from launch to the first ``tags`` message at a
+subscriber, minus the first window's own audio (the window length), over ``--runs`` launches.
+
 ``--find-capacity`` searches the largest N that holds (no window dropped over the run and
 p99 latency under ``--max-p99`` s, 1.5 by default), each trial a fresh process, and prints
 it beside two figures measured in the same run on one thread (``streams = cores x hop /
@@ -58,6 +66,29 @@ SHARED = HERE.parents[1] / "shared"
 CLIPS = SHARED / "audio" / "clips"
 MN04 = SHARED / "models" / "mn04_as_mAP_432.pt"
 TICK = os.sysconf("SC_CLK_TCK")
+ROOM_NOISE = Path.home() / ".cache" / "soundwatch" / "bench" / "room-noise-60s.wav"
+
+
+def room_noise(seconds: float = 60.0, seed: int = 0) -> np.ndarray:
+    """Steady room noise at about -60 dBFS with a slow +-1 dB level drift (a quiet room)."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * 32000)
+    white = rng.standard_normal(n)
+    brown = np.cumsum(white)
+    brown -= np.convolve(brown, np.ones(3200) / 3200, mode="same")  # no DC wander
+    noise = 0.7 * white / white.std() + 0.3 * brown / brown.std()
+    drift = 10 ** (np.sin(np.linspace(0, 2 * np.pi, n)) / 20)
+    return (0.001 * noise * drift).astype(np.float32)
+
+
+def room_noise_file() -> Path:
+    """The room noise as a 32 kHz WAV in the user cache (made once; never in the repo)."""
+    if not ROOM_NOISE.is_file():
+        import soundfile as sf
+
+        ROOM_NOISE.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(ROOM_NOISE, room_noise(), 32000)
+    return ROOM_NOISE
 
 
 # --- the subscriber process ---------------------------------------------------------------
@@ -167,8 +198,11 @@ def source_specs(args: argparse.Namespace) -> list[dict]:
     if args.source == "file" and not clips:
         raise SystemExit(f"no clips in {CLIPS}; use --source synthetic")
     specs = []
+    quiet = round(args.streams * args.quiet)
     for i in range(args.streams):
-        if args.source == "file":
+        if i < quiet:  # the quiet rooms
+            specs.append({"id": f"s{i}", "spec": f"file:{room_noise_file()}", "loop": True})
+        elif args.source == "file":
             specs.append({"id": f"s{i}", "spec": f"file:{clips[i % len(clips)]}", "loop": True})
         else:
             specs.append({"id": f"s{i}", "spec": f"synthetic?seed={i + 1}"})
@@ -199,6 +233,8 @@ def run_once(args: argparse.Namespace) -> dict:
         overrides["pipeline.max_pending_windows"] = args.max_pending
     if args.max_batch is not None:
         overrides["pipeline.max_batch"] = args.max_batch
+    if args.gate is not None:
+        overrides["pipeline.gate"] = {"enabled": args.gate == "on"}
     config = apply_overrides(Config(), overrides)
     subscriber = subprocess.Popen(
         [sys.executable, __file__, "--subscribe", endpoint, "--streams", str(args.streams)],
@@ -217,7 +253,15 @@ def run_once(args: argparse.Namespace) -> dict:
         marks["t0"] = time.monotonic()
         marks["cpu0"] = resource.getrusage(resource.RUSAGE_SELF)
         marks["threads0"] = thread_cpu()
-        if not pipeline._stop.wait(args.seconds):
+        samples = marks["rss_samples"] = [(0.0, rss_mb())]
+        deadline = marks["t0"] + args.seconds
+        if args.rss_every:
+            while not pipeline._stop.wait(min(args.rss_every, max(0, deadline - time.monotonic()))):
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                samples.append((round(now - marks["t0"], 1), rss_mb()))
+        if not pipeline._stop.wait(max(0.0, deadline - time.monotonic())):
             marks["threads1"] = thread_cpu()
             marks["t1"] = time.monotonic()
             marks["cpu1"] = resource.getrusage(resource.RUSAGE_SELF)
@@ -249,6 +293,9 @@ def run_once(args: argparse.Namespace) -> dict:
     dropped = sum(c["windows_dropped"] + c["event_windows_dropped"] for c in counters)
     tagged = sum(c["windows_tagged"] for c in counters)
     latencies = np.asarray(received["latencies"]) * 1000
+    samples = marks["rss_samples"] + [(round(wall, 1), marks["rss1"])]
+    after_warmup = [mb for t, mb in samples if t >= args.warmup]
+    growth = after_warmup[-1] - after_warmup[0] if len(after_warmup) > 1 else None
     return {
         "streams": args.streams,
         "model": args.model,
@@ -275,7 +322,52 @@ def run_once(args: argparse.Namespace) -> dict:
         "rss_mb": round(marks["rss1"], 1),
         "rss_idle_mb": round(marks["rss_idle"], 1),
         "rss_per_stream_mb": round((marks["rss1"] - marks["rss_idle"]) / args.streams, 2),
+        "rss_growth_after_warmup_mb": round(growth, 1) if growth is not None else None,
+        "rss_samples": [(t, round(mb, 1)) for t, mb in samples] if args.rss_every else [],
+        "quiet_streams": round(args.streams * args.quiet),
+        "gate": config.pipeline.gate.enabled,
+        "carried_counted": sum(c.get("windows_carried", 0) for c in counters),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
         "model_load_s": round(load_s, 2),
+    }
+
+
+# --- start-up ------------------------------------------------------------------------------
+def startup(args: argparse.Namespace) -> dict:
+    """Launch ``soundwatch run`` on a clip (warm caches: a launch first, not counted) and
+    time launch -> first ``tags`` message received, minus the first window's audio."""
+    from soundwatch.client import Subscriber
+
+    clip = sorted(CLIPS.glob("*.wav"))[0]
+    soundwatch = Path(sys.executable).parent / "soundwatch"
+    times = []
+    for run in range(args.runs + 1):
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        command = [str(soundwatch), "run", "--source", f"file:{clip}", "--publish", endpoint]
+        command += ["--window", str(args.window), "--hop", str(args.hop), "--loop"]
+        command += ["--model", args.model, "--backend", args.backend]
+        if args.model == "mn04" and MN04.is_file():
+            command += ["--weights", str(MN04)]
+        with Subscriber(endpoint, topics=["tags."]) as sub:
+            started = time.monotonic()
+            process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+            try:
+                message = sub.receive(timeout=120)
+                elapsed = time.monotonic() - started
+            finally:
+                process.terminate()
+                process.wait(30)
+        if message is None:
+            raise SystemExit("no tags message within 120 s of launch")
+        if run:  # the first launch warms the caches (numba, ONNX, the OS's file cache)
+            times.append(elapsed - args.window)
+    return {
+        "model": args.model,
+        "backend": args.backend,
+        "window": args.window,
+        "startup_s_median": round(statistics.median(times), 2),
+        "startup_s_runs": [round(t, 2) for t in times],
+        "loadavg_1min": round(os.getloadavg()[0], 2),
     }
 
 
@@ -348,7 +440,8 @@ def reference_costs(args: argparse.Namespace) -> dict:
 # --- capacity search -----------------------------------------------------------------------
 def trial(args: argparse.Namespace, streams: int) -> dict:
     command = [sys.executable, __file__, "--streams", str(streams), "--json"]
-    for key in ("seconds", "model", "window", "hop", "backend", "source", "threads", "weights"):
+    keys = ("seconds", "model", "window", "hop", "backend", "source", "threads", "weights")
+    for key in (*keys, "quiet", "gate"):
         value = getattr(args, key)
         if value is not None:
             command += [f"--{key}", str(value)]
@@ -453,6 +546,11 @@ def main() -> int:
     parser.add_argument("--max-pending", type=int)
     parser.add_argument("--max-batch", type=int)
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, s")
+    parser.add_argument("--quiet", type=float, default=0.0, help="share of room-noise streams")
+    parser.add_argument("--gate", choices=("on", "off"), help="pipeline.gate (default: config)")
+    parser.add_argument("--rss-every", type=float, help="sample RSS every S seconds")
+    parser.add_argument("--warmup", type=float, default=60.0, help="s before RSS growth counts")
+    parser.add_argument("--startup", action="store_true", help="launch-to-first-tags only")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--find-capacity", action="store_true")
     parser.add_argument("--references", action="store_true", help="only naive and bound")
@@ -473,6 +571,8 @@ def main() -> int:
         return 0
     if args.references:
         result = reference_costs(args)
+    elif args.startup:
+        result = startup(args)
     else:
         result = find_capacity(args) if args.find_capacity else run_once(args)
     if args.find_capacity and args.plot:
