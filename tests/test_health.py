@@ -136,17 +136,17 @@ CASES = [
     (
         "device lost briefly: a note",
         [
-            [status(windows_tagged=10, device_lost=1, device_losses=1, age=2)],
-            [status(windows_tagged=10, device_lost=1, device_losses=1, age=2.4)],
+            [status(windows_tagged=10, device_lost=1, device_losses=1, device_lost_seconds=2)],
+            [status(windows_tagged=10, device_lost=1, device_losses=1, device_lost_seconds=3)],
         ],
         True,
-        "device lost about 2 s ago, reopening",
+        "device lost 3 s ago, reopening",
     ),
     (
         "device lost too long",
-        [[status(windows_tagged=10, device_lost=1, device_losses=3, age=25)]],
+        [[status(windows_tagged=10, device_lost=1, device_losses=3, device_lost_seconds=25)]],
         False,
-        "its device has been lost for about 25 s (limit 10 s; 3 loss(es) so far)",
+        "its device has been lost for 25 s (limit 10 s; 3 loss(es) so far)",
     ),
     (
         "device back",
@@ -297,12 +297,12 @@ def test_real_run_with_curve_is_healthy_and_exports_metrics(shared, tmp_path: Pa
 def test_health_command_exits_1_naming_a_lost_device_and_a_stalled_model(
     beats: Heartbeats,
 ) -> None:
-    lost = {"windows_tagged": 10, "device_lost": 1, "device_losses": 2}
+    lost = {"windows_tagged": 10, "device_lost": 1, "device_losses": 2, "device_lost_seconds": 12}
     stalled = {"inference_stalled": 1, "inference_stalls": 1}
     endpoint = beats.play([status(age=12, inference=stalled, **lost)])
     result = run_health(endpoint, "--timeout", "20", "--rounds", "1", "--max-lost", "5")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "unhealthy: inference is stalled" in result.stderr
-    assert "stream porch: unhealthy: its device has been lost for about 12 s (limit 5 s" in (
+    assert "stream porch: unhealthy: its device has been lost for 12 s (limit 5 s" in (
         result.stderr
     )

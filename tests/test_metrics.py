@@ -136,6 +136,7 @@ def test_fault_counters_and_states_become_metrics(
     def send(device_lost: int, stalled: int, windows_failed: int) -> None:
         now = time.time()
         counters = {"device_losses": 4, "device_lost": device_lost, "restarts": 3, "gaps": 4}
+        counters["device_lost_seconds"] = 6 * device_lost
         counters |= {"resyncs": 4, "windows_failed": windows_failed, "windows_tagged": 9}
         inference = {**faults, "inference_stalled": stalled, "passes": 12}
         publisher.publish(Status("mic", now, now, counters=counters, inference=inference))
@@ -151,6 +152,7 @@ def test_fault_counters_and_states_become_metrics(
     assert samples[("soundwatch_stream_resyncs_total", mic)] == 4
     assert samples[("soundwatch_stream_windows_failed_total", mic)] == 7
     assert ("soundwatch_stream_device_lost_total", mic) not in samples  # a state, not a count
+    assert samples[("soundwatch_stream_device_lost_seconds", mic)] == 6
     assert samples[("soundwatch_inference_failures_total", ())] == 3
     assert samples[("soundwatch_inference_stalls_total", ())] == 1
     assert samples[("soundwatch_inference_stalled", ())] == 1
@@ -163,5 +165,6 @@ def test_fault_counters_and_states_become_metrics(
         what="the second status in the metrics",
     )
     assert samples[("soundwatch_stream_device_lost", mic)] == 0
+    assert samples[("soundwatch_stream_device_lost_seconds", mic)] == 0
     assert samples[("soundwatch_inference_stalled", ())] == 0
     assert samples[("soundwatch_inference_failures_total", ())] == 3

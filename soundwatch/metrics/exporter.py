@@ -9,7 +9,8 @@ from the end of its audio to its publication. Inference batch sizes and forward-
 are histograms from status's ``inference`` field, beside the model's fault counters there
 (``soundwatch_inference_failures_total``, ``soundwatch_inference_stalls_total``, and the
 ``soundwatch_inference_stalled`` gauge). Status fields that are states, not counts
-(``device_lost``: 1 while a stream's device is lost and being reopened), are gauges.
+(``device_lost``: 1 while a stream's device is lost and being reopened;
+``device_lost_seconds``) are gauges.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ TOPICS = ["status.", "tags.", "events."]
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 #: Status counters that are states (they go down again): gauges, not ``_total`` counters.
-STATE_COUNTERS = {"device_lost": "1 while the stream's device is lost and being reopened"}
+STATE_COUNTERS = {
+    "device_lost": "1 while the stream's device is lost and being reopened",
+    "device_lost_seconds": "For how long the stream's device has been lost (0: it is not)",
+}
 #: The model's fault fields of status's ``inference``: (name, help, is a counter).
 INFERENCE_FAULTS = (
     ("inference_failures", "Forward passes that raised (their windows lost)", True),

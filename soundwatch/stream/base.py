@@ -61,8 +61,9 @@ class SourceStats:
     * ``samples_in``: native-rate frames delivered by the device/stream (including dropped).
     * ``device_losses``: times the device was noticed lost (counted at once, before the
       reopen that ``restarts`` counts).
-    * ``device_lost``: 1 while the device is lost and being reopened, else 0 (a state, not
-      a count: the one field here that goes down).
+    * ``device_lost``: 1 while the device is lost and being reopened, else 0; and
+      ``device_lost_seconds``: for how long, in whole seconds (states, not counts: the
+      fields here that go down again).
     """
 
     overflows: int = 0
@@ -73,6 +74,7 @@ class SourceStats:
     samples_in: int = 0
     device_losses: int = 0
     device_lost: int = 0
+    device_lost_seconds: int = 0
 
 
 class Source(ABC):
@@ -164,7 +166,7 @@ class RingSource(Source):
         # Written by the supervising thread only.
         self._restarts = 0
         self._device_losses = 0
-        self._device_lost = 0
+        self._lost_since: float | None = None  # time.monotonic() of the loss, while lost
         # Consumer-side state.
         self._segment_t0: float | None = None
         self._segment_started = False  # the next block starts a segment after a break
@@ -216,6 +218,8 @@ class RingSource(Source):
         return self._finished and not self._pending
 
     def stats(self) -> SourceStats:
+        lost_since = self._lost_since
+        lost_for = 0.0 if lost_since is None else time.monotonic() - lost_since
         return SourceStats(
             overflows=self._overflows,
             overruns=self._overruns,
@@ -224,7 +228,8 @@ class RingSource(Source):
             restarts=self._restarts,
             samples_in=self._samples_in,
             device_losses=self._device_losses,
-            device_lost=self._device_lost,
+            device_lost=int(lost_since is not None),
+            device_lost_seconds=int(lost_for),
         )
 
     def _flush_segment(self) -> None:

@@ -3,10 +3,11 @@
 The PortAudio callback only copies into the preallocated ``SpscRing`` and counts: it never
 blocks, allocates arrays, locks or logs. A supervisor thread watches the stream and, when the
 device is lost (PortAudio error, PulseAudio daemon gone, no callback for ``stall_seconds``),
-closes it, reports it at once (``device_losses`` counted, ``device_lost`` = 1 in status until
-the device is back), and keeps reopening the device with capped exponential backoff (0.25 s,
-doubling to at most 5 s between attempts; every outage starts at 0.25 s again); a reopened
-device counts a restart and, with its first audio, a gap.
+closes it, reports it at once (``device_losses`` counted; ``device_lost`` = 1 and
+``device_lost_seconds`` in status until the device is back), and keeps reopening the device
+with capped exponential backoff (0.25 s, doubling to at most 5 s between attempts; every
+outage starts at 0.25 s again); a reopened device counts a restart and, with its first
+audio, a gap.
 
 Timestamps: at open, the offset between PortAudio's stream clock and Unix time is measured;
 each callback's ``inputBufferAdcTime`` (or, when PortAudio reports none, ``time.time()`` minus
@@ -230,7 +231,7 @@ class MicrophoneSource(RingSource):
             if reason is None:
                 continue
             self._device_losses += 1
-            self._device_lost = 1
+            self._lost_since = time.monotonic()
             log.warning(
                 "input device %r (stream %r) lost: %s; reopening (loss %d)",
                 self._device.name,
@@ -264,7 +265,7 @@ class MicrophoneSource(RingSource):
                 self._close()
                 return
             self._restarts += 1
-            self._device_lost = 0
+            self._lost_since = None
             log.warning(
                 "input device %r (stream %r) reopened after %d attempt(s)",
                 self._device.name,
