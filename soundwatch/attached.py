@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from soundwatch.dashboard.server import DashboardServer
     from soundwatch.metrics.exporter import MetricsExporter
     from soundwatch.mqtt.bridge import MqttBridge
+    from soundwatch.security.curve import CurveClient
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,15 @@ class AttachedSubscribers:
             )
         return started
 
-    def attach_control(self, endpoint: str) -> None:
+    def attach_control(self, endpoint: str, curve: CurveClient | None = None) -> None:
         """The run's control endpoint, once bound: the MQTT bridge offers its command
-        topics (docs/control.md)."""
+        topics (docs/control.md). ``curve``: in-process keys the endpoint allows, when it
+        uses CURVE (``ControlServer.local_client``)."""
         if self.bridge is not None:
-            self.bridge.set_control(endpoint)
+            self.bridge.set_control(endpoint, curve)
         if self.dashboard is not None:  # its fields per group
             self.dashboard.history.control = endpoint
+            self.dashboard.history.curve = curve
 
     def close(self) -> None:
         """Stop them; the bridge first handles the last messages already published."""

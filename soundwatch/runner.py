@@ -272,7 +272,7 @@ def run_live(
         )
         if control is not None:
             notes.append(f"control on {control.endpoint} (soundwatch ctl --endpoint ...)")
-            attached.attach_control(control.endpoint)
+            attached.attach_control(control.endpoint, control.local_client())
         zmq_outputs = [o for o in outputs if isinstance(o, ZmqOutput) and o is not attached.output]
         endpoints = [e for o in zmq_outputs for e in o.endpoints]
         with (

@@ -15,7 +15,12 @@ import zmq
 
 from soundwatch.control.controls import Controls
 from soundwatch.errors import SoundwatchError
-from soundwatch.security.curve import CurveServer, ServerGuard, is_loopback_endpoint
+from soundwatch.security.curve import (
+    CurveClient,
+    CurveServer,
+    ServerGuard,
+    is_loopback_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ class ControlServer:
     def __init__(self, endpoint: str, controls: Controls, curve: CurveServer | None = None) -> None:
         """``curve``: serve only clients whose public keys it allows (``security:``)."""
         self.controls = controls
+        self.curve = curve
         # ZAP is one handler per context: a CURVE server gets a context of its own.
         self._context = zmq.Context() if curve is not None else None
         self.socket = (self._context or zmq.Context.instance()).socket(zmq.REP)
@@ -57,6 +63,11 @@ class ControlServer:
         self.rejected = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+
+    def local_client(self) -> CurveClient | None:
+        """Keys for a client in this process (the attached dashboard and MQTT bridge), or
+        None when this endpoint does not use CURVE."""
+        return self.curve.local_client() if self.curve is not None else None
 
     def start(self) -> ControlServer:
         self._thread.start()

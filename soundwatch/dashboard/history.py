@@ -35,6 +35,7 @@ from soundwatch.control.client import ControlRejected, request
 from soundwatch.errors import SoundwatchError
 from soundwatch.recorder.command import parse_when
 from soundwatch.recorder.history import CLIPS_DIR, History
+from soundwatch.security.curve import CurveClient
 from soundwatch.sinks.mel import MEL_HI, MEL_LO
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,15 @@ def clip_path(record_dir: Path, clip: str | None) -> Path | None:
 class HistoryRoutes:
     """The routes above for ``record_dir`` and, when given, the control endpoint."""
 
-    def __init__(self, record_dir: Path | None, control: str | None = None) -> None:
+    def __init__(
+        self,
+        record_dir: Path | None,
+        control: str | None = None,
+        curve: CurveClient | None = None,
+    ) -> None:
         self.dir = Path(record_dir).resolve() if record_dir is not None else None
         self.control = control
+        self.curve = curve  # keys for a CURVE control endpoint
 
     def routes(self) -> list[Route]:
         return [
@@ -165,7 +172,9 @@ class HistoryRoutes:
         if self.control is None:
             return JSONResponse({"available": False, "reason": "start with --control"})
         try:
-            result = await run_in_threadpool(request, self.control, cmd, origin="dashboard", **args)
+            result = await run_in_threadpool(
+                request, self.control, cmd, curve=self.curve, origin="dashboard", **args
+            )
         except ControlRejected as error:
             log.info("dashboard: %s refused: %s", cmd, error)
             return JSONResponse({"ok": False, "error": str(error)}, 400)

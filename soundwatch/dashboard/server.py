@@ -303,7 +303,7 @@ class DashboardServer:
         self.token = token
         self.curve = curve
         self.record = record  # the record directory whose history and clips are served
-        self.history = HistoryRoutes(record, control)  # and the groups, through control
+        self.history = HistoryRoutes(record, control, curve)  # and the groups, through control
         self.endpoints = [connectable(endpoint) for endpoint in endpoints]
         self.host = host
         self.port = port

@@ -122,15 +122,16 @@ class MqttBridge:
         self._client = self._make_client()
         # Command topics (enable a group, set its threshold), sent on to a control endpoint.
         self.control = ControlLink(
-            self._client, self.topics, config.discovery_prefix, control, control_poll
+            self._client, self.topics, config.discovery_prefix, control, control_poll, curve=curve
         )
         self._control_wanted = control is not None
         self.clip_base = config.clip_url  # the dashboard serving clips, if any
 
-    def set_control(self, endpoint: str) -> None:
-        """Offer the command topics of the run's control endpoint (in-process, once bound)."""
+    def set_control(self, endpoint: str, curve: CurveClient | None = None) -> None:
+        """Offer the command topics of the run's control endpoint (in-process, once bound;
+        ``curve``: the keys it takes when it uses CURVE)."""
         self._control_wanted = True
-        self.control.set_endpoint(endpoint)
+        self.control.set_endpoint(endpoint, curve)
         if self._connected.is_set():
             self.control.connected(self._client)
 

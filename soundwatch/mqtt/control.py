@@ -33,6 +33,7 @@ from soundwatch.control.client import ControlRejected, request
 from soundwatch.errors import SoundwatchError
 from soundwatch.mqtt.config import topic_safe
 from soundwatch.mqtt.discovery import OFF, OFFLINE, ON, ONLINE, ORIGIN, Topics, display_name
+from soundwatch.security.curve import CurveClient
 
 log = logging.getLogger("soundwatch.mqtt")
 
@@ -152,8 +153,10 @@ class ControlLink:
         endpoint: str | None = None,
         poll: float = 5.0,
         timeout: float = 5.0,
+        curve: CurveClient | None = None,
     ) -> None:
         self.client = client
+        self.curve = curve  # keys for a CURVE control endpoint
         self.topics = topics
         self.names = ControlTopics(topics)
         self.discovery_prefix = discovery_prefix
@@ -176,9 +179,11 @@ class ControlLink:
     def start(self) -> None:
         self._thread.start()
 
-    def set_endpoint(self, endpoint: str) -> None:
-        """The control endpoint (known after the run bound it, when run in-process)."""
+    def set_endpoint(self, endpoint: str, curve: CurveClient | None = None) -> None:
+        """The control endpoint (known after the run bound it, when run in-process), and
+        the keys it takes when it uses CURVE."""
         self.endpoint = endpoint
+        self.curve = curve
         self._resync.set()
         self._queue.put(None)
 
@@ -228,7 +233,9 @@ class ControlLink:
 
     def _ask(self, cmd: str, **args: Any) -> Any:
         assert self.endpoint is not None
-        return request(self.endpoint, cmd, timeout=self.timeout, origin=ORIGIN_NAME, **args)
+        return request(
+            self.endpoint, cmd, timeout=self.timeout, curve=self.curve, origin=ORIGIN_NAME, **args
+        )
 
     def _refresh(self) -> None:
         """Read the groups; announce new ones, publish changed states."""

@@ -97,14 +97,16 @@ class RefusalLog:
 
 
 class _AllowList:
-    """ZAP credentials provider: a client may connect when its public key is in ``directory``."""
+    """ZAP credentials provider: a client may connect when its public key is in ``directory``
+    (or is one of the server's own in-process clients, ``local``)."""
 
-    def __init__(self, directory: Path, refusals: RefusalLog) -> None:
+    def __init__(self, directory: Path, refusals: RefusalLog, local: set[bytes]) -> None:
         self.directory = directory
         self.refusals = refusals
+        self.local = local
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if key in allowed_keys(self.directory):
+        if key in self.local or key in allowed_keys(self.directory):
             return True
         self.refusals.last_key_refusal = time.monotonic()
         self.refusals.refused(
@@ -225,6 +227,15 @@ class CurveServer:
                 "no client keys (*.key) in %s: no subscriber can connect until one is added",
                 self.allow_dir,
             )
+        self._local: set[bytes] = set()  # public keys of in-process clients (local_client)
+
+    def local_client(self) -> CurveClient:
+        """Keys for a client inside this process (the dashboard or MQTT bridge that
+        ``soundwatch run`` starts, asking its control endpoint): a fresh pair, never written
+        anywhere, allowed by this server for as long as it runs."""
+        public, secret = zmq.curve_keypair()
+        self._local.add(public)
+        return CurveClient.from_keys(public, secret, self.public)
 
     def secure(self, socket: zmq.Socket, where: str) -> ServerGuard:
         """Make ``socket`` (not bound yet) a CURVE server that serves only allowed clients.
@@ -234,7 +245,7 @@ class CurveServer:
         refusals = RefusalLog(where)
         auth = ThreadAuthenticator(socket.context, log=logging.getLogger("soundwatch.zap"))
         auth.start()
-        auth.configure_curve_callback(ZAP_DOMAIN, _AllowList(self.allow_dir, refusals))
+        auth.configure_curve_callback(ZAP_DOMAIN, _AllowList(self.allow_dir, refusals, self._local))
         socket.zap_domain = ZAP_DOMAIN.encode()
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
@@ -250,6 +261,13 @@ class CurveClient:
     def __init__(self, secret_file: str | Path, server_key_file: str | Path) -> None:
         self.public, self.secret = load_secret_key(secret_file)
         self.server = load_public_key(server_key_file)
+
+    @classmethod
+    def from_keys(cls, public: bytes, secret: bytes, server: bytes) -> CurveClient:
+        """From keys in memory (z85): this client's pair and the server's public key."""
+        client = cls.__new__(cls)
+        client.public, client.secret, client.server = public, secret, server
+        return client
 
     @classmethod
     def from_options(
