@@ -60,7 +60,7 @@ READ_INTERVAL_S = 0.05
 #: Frames per second of audio (10 ms hop).
 FRAMES_PER_SECOND = 100
 #: Messages queued in the socket at most; past it batches wait in the stream's buffer.
-SEND_HIGH_WATER_MARK = 1000
+SEND_HIGH_WATER_MARK = 100
 
 
 def default_node_id() -> str:
@@ -97,7 +97,8 @@ class _EdgeStream:
     highest_sent: int = -1  # the highest seq sent so far
     lost_before_next: bool = False  # audio or frames were lost before the next batch
     ended: bool = False  # the source ended and its last batch is queued
-    progress_at: float = field(default_factory=time.monotonic)  # last send/ack progress
+    sent_at: dict[int, float] = field(default_factory=dict)  # seq -> monotonic last send
+    acked_at: float = field(default_factory=time.monotonic)  # the last ack that freed batches
     counters: EdgeStreamCounters = field(default_factory=EdgeStreamCounters)
 
     @property
@@ -122,6 +123,9 @@ class EdgeNode:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.sndhwm = SEND_HIGH_WATER_MARK
+        # Queue only to a live connection: while the server is unreachable, batches wait in
+        # the stream's bounded buffer (counted) instead of in the socket's queue.
+        self._socket.immediate = True
         self._socket.linger = 0
         self._curve = CurveClient.from_options(config.curve_secret, config.curve_server)
         self._monitor = None
@@ -263,6 +267,7 @@ class EdgeNode:
         while stream.buffered_frames > self.capacity and len(stream.buffer) > 1:
             batch = stream.buffer.popleft()
             stream.buffered_frames -= batch.frames.shape[1]
+            stream.sent_at.pop(batch.seq, None)
             dropped += batch.frames.shape[1]
             stream.unsent = min(stream.unsent, len(stream.buffer))
         stream.buffer[0].new_segment = True  # the server restarts the windows here
@@ -281,14 +286,13 @@ class EdgeNode:
     def _exchange(self, now: float) -> None:
         self._receive_acks()
         for stream in self.streams:
-            if (
-                stream.buffer
-                and stream.unsent == 0
-                and now - stream.progress_at > (self.config.ack_timeout)
-            ):
-                stream.unsent = len(stream.buffer)  # go back: send every unacked batch again
-                stream.counters.resends += len(stream.buffer)
-                stream.progress_at = now
+            oldest = stream.buffer[0].seq if stream.buffer else None
+            sent = stream.sent_at.get(oldest) if oldest is not None else None
+            if sent is not None and now - max(sent, stream.acked_at) > self.config.ack_timeout:
+                # no ack for the oldest batch: go back, send every unacked batch again
+                stream.counters.resends += len(stream.buffer) - stream.unsent
+                stream.unsent = len(stream.buffer)
+                stream.sent_at.clear()
                 log.info(
                     "stream %s: no ack for %.1f s; sending %d batch(es) again",
                     stream.id,
@@ -312,9 +316,8 @@ class EdgeNode:
             if batch.seq > stream.highest_sent:  # else it is a resend (counted at the go-back)
                 stream.highest_sent = batch.seq
                 stream.counters.batches_sent += 1
+            stream.sent_at[batch.seq] = now
             stream.unsent -= 1
-            if stream.unsent == 0:
-                stream.progress_at = now
 
     def _receive_acks(self) -> None:
         by_id = {stream.id: stream for stream in self.streams}
@@ -334,8 +337,9 @@ class EdgeNode:
             while stream.buffer and stream.buffer[0].seq < ack.next:
                 batch = stream.buffer.popleft()
                 stream.buffered_frames -= batch.frames.shape[1]
+                stream.sent_at.pop(batch.seq, None)
                 stream.counters.acked_batches += 1
-                stream.progress_at = time.monotonic()
+                stream.acked_at = time.monotonic()
             stream.unsent = min(stream.unsent, len(stream.buffer))
 
     def _send_health(self, t: float) -> None:

@@ -115,13 +115,16 @@ class EdgeSource(Source):
         pass
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "kind": "edge",
             "node": self.node,
             "stream": self.stream,
             "listen": self.listener,
-            "edge_source": self.edge_source,
         }
+        for key, value in self.edge_source.items():  # flat: status source values are scalars
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                described[f"edge_{key}"] = value
+        return described
 
     def apply_health(self, counters: dict[str, int], source: dict[str, Any]) -> None:
         for name in _SOURCE_FIELDS:
