@@ -8,7 +8,6 @@ real files with the real mn04 checkpoint and writing JSON lines that the tests r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -147,6 +146,8 @@ def test_a_replica_killed_mid_run_is_survived_and_losses_counted(
 ) -> None:
     import ray
 
+    from soundwatch.scale.engine import app_prefix
+
     sources = [f"{Path(s).stem}=file:{shared_file(s)}" for s in SCENES]
     expected_windows = round((60.0 - 3.0) / 0.5) + 1  # 3 s windows every 0.5 s, per scene
     out = tmp_path / "kill.jsonl"
@@ -162,11 +163,10 @@ def test_a_replica_killed_mid_run_is_survived_and_losses_counted(
             assert process.poll() is None, log.read_text()[-4000:]
             assert time.monotonic() < deadline, "the ray run tagged nothing within 300 s"
             time.sleep(0.05)
-        app = f"soundwatch-{os.uname().nodename}-{process.pid}"
         replicas = [
             a["name"]
             for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+            if a["name"].startswith(f"SERVE_REPLICA::{app_prefix(process.pid)}")
         ]
         assert len(replicas) == 2, replicas
         ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
@@ -266,3 +266,79 @@ def test_engine_passes_across_a_replica_kill_lose_nothing_and_keep_their_order(
     print(f"killed mid-run: {counters}")
     assert counters["engine_lost_windows"] == 0
     assert counters["engine_requests"] == 8 * 16  # first sends; retries counted apart
+
+
+def test_two_edges_through_serve_on_ray_match_one_local_run(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """2 edge processes -> ``serve --engine ray`` (2 replicas on the cluster) -> JSON lines
+    == a single-process ``run`` on the same files, within the edge's float16 tolerance
+    (docs/edge.md), events the same."""
+    import signal
+    import socket
+
+    from test_edge import FLOAT16_TOLERANCE
+
+    clips = {"speech": shared_file(CLIPS[0]), "music": shared_file(CLIPS[1])}
+    reference = run(tmp_path / "ref.jsonl", [f"{name}=file:{path}" for name, path in clips.items()])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, serve_log = tmp_path / "serve.jsonl", tmp_path / "serve.log"
+    command = [
+        *(sys.executable, "-m", "soundwatch.cli", "serve", "--listen", f"tcp://127.0.0.1:{port}"),
+        *("--weights", str(shared_file(WEIGHTS)), "--jsonl", str(out)),
+        *("--publish", f"ipc://{tmp_path / 'serve.sock'}", "--engine", "ray"),
+        *("--ray-address", ray_cluster, "--replicas", "2"),
+    ]
+    with serve_log.open("w") as log:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, stderr=log)
+    edges: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 300
+        while "listening for edges" not in serve_log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, serve_log.read_text()
+            time.sleep(0.05)
+        for node, (name, path) in enumerate(clips.items()):
+            with (tmp_path / f"edge{node}.log").open("w") as log:
+                edges.append(
+                    subprocess.Popen(
+                        [
+                            *(sys.executable, "-m", "soundwatch.cli", "edge", "--pace", "fast"),
+                            *("--source", f"{name}=file:{path}", "--id", f"n{node}"),
+                            *("--to", f"tcp://127.0.0.1:{port}", "--encoding", "float16"),
+                        ],
+                        cwd=REPO_ROOT,
+                        stderr=log,
+                    )
+                )
+        wanted = {f"n{node}-{name}" for node, name in enumerate(clips)}
+        while set(final_status(read_lines(out))) != wanted:
+            assert server.poll() is None and time.monotonic() < deadline, serve_log.read_text()
+            time.sleep(0.05)
+        for node, edge in enumerate(edges):
+            assert edge.wait(timeout=60) == 0, (tmp_path / f"edge{node}.log").read_text()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0, serve_log.read_text()[-4000:]
+    finally:
+        for process in (*edges, server):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    records = read_lines(out)
+    got, expected = tags_by_stream(records), tags_by_stream(reference)
+    for node, name in enumerate(clips):
+        ours = got[f"n{node}-{name}"]
+        assert len(ours) == len(expected[name]) > 5
+        np.testing.assert_allclose(
+            [r["probs"] for r in ours],
+            [r["probs"] for r in expected[name]],
+            atol=FLOAT16_TOLERANCE,
+            rtol=0,
+        )
+    renamed = [(stream.split("-", 1)[1], *rest) for stream, *rest in events_relative(records)]
+    assert sorted(renamed) == events_relative(reference)
+    status = final_status(records)["n0-speech"]
+    assert status["backend"].startswith("ray:")
+    assert status["inference"]["engine_replicas"] == 2
+    assert status["counters"]["windows_failed"] == status["counters"]["windows_dropped"] == 0

@@ -15,6 +15,8 @@ own counters (:meth:`RayEngine.counters`) go into every status message's ``infer
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
 import math
 import os
@@ -37,6 +39,15 @@ log = logging.getLogger(__name__)
 REPLICA_POLL_S = 1.0
 
 
+_ENGINES = itertools.count(1)
+
+
+def app_prefix(pid: int | None = None) -> str:
+    """The start of this process's Serve application names (one application per engine, so
+    runs sharing a cluster never replace each other's): ``soundwatch-HOST-PID-``."""
+    return f"soundwatch-{socket.gethostname()}-{pid if pid is not None else os.getpid()}-"
+
+
 class ChunkLost(RuntimeError):
     """A chunk failed on two replicas: the pipeline counts its pass's windows as lost."""
 
@@ -51,6 +62,8 @@ def connect(address: str) -> bool | None:
     """
     import ray
 
+    if not log.isEnabledFor(logging.DEBUG):  # Serve's INFO lines would drown the run's own
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
         return None
     kwargs: dict[str, Any] = {
@@ -144,7 +157,7 @@ class RayEngine:
 
         self.loaded = loaded
         self.config = config
-        self.app_name = f"soundwatch-{socket.gethostname()}-{os.getpid()}"
+        self.app_name = f"{app_prefix()}{next(_ENGINES)}"
         self._ray = connect(config.ray_address)
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -170,6 +183,7 @@ class RayEngine:
         self._refresh_replicas()
         self._poller = threading.Thread(target=self._poll, name="ray-replicas", daemon=True)
         self._poller.start()
+        atexit.register(self.close)  # tag, learn and embed do not close their tagger
         log.info(
             "Ray Serve deployment %s: %s replica(s) running %s on %s",
             self.app_name,
@@ -321,6 +335,7 @@ class RayEngine:
         if self._closed.is_set():
             return
         self._closed.set()
+        atexit.unregister(self.close)
         self._shutdown()
 
     def _shutdown(self) -> None:
