@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from test_live_microphone import REPO, free_endpoint
 from soundwatch.client import Subscriber
 from soundwatch.health import check_health
 from soundwatch.sinks.messages import Status, Tags
+from soundwatch.stream.base import RingSource
 
 CYCLES = 20
 HOP = 0.5  # seconds between the mic's windows (--hop)
@@ -279,3 +281,44 @@ def print_figures(
             f"after cycle {cycle}: {figures['threads']} threads, {figures['fds']} fds, "
             f"RSS {figures['rss_mb']:.1f} MB"
         )
+
+
+class _RecordedWaits(threading.Event):
+    """A stop event that is never set and records how long each wait would have been."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0))
+        return False
+
+
+def test_reopen_backs_off_exponentially_up_to_a_cap() -> None:
+    """Reopen attempts wait 0.25 s, then twice as long each time, never more than 5 s; a
+    reopen that works counts a restart and clears ``device_lost``. The device calls are
+    replaced by a device that stays away for 9 attempts (no PortAudio needed)."""
+    from soundwatch.errors import SoundwatchError
+    from soundwatch.stream.devices import DeviceInfo
+    from soundwatch.stream.microphone import MicrophoneSource
+
+    device = DeviceInfo(3, "usb mic", 1, 48000, "ALSA", True)
+    source = MicrophoneSource.__new__(MicrophoneSource)  # no device lookup
+    RingSource.__init__(source, "yard", 48000, 1, 1.0)
+    source._device, source._stop = device, _RecordedWaits()
+    attempts: list[int] = []
+
+    def find_again() -> DeviceInfo:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) < 10:
+            raise SoundwatchError("no input device matches 'usb mic'")
+        return device
+
+    source._find_again = find_again  # type: ignore[method-assign]
+    source._open = lambda found: None  # type: ignore[method-assign]
+    source._device_losses, source._lost_since = 1, time.monotonic()
+    source._reopen()
+    assert source._stop.waits == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+    stats = source.stats()
+    assert stats.restarts == 1 and stats.device_lost == 0 and stats.device_losses == 1
