@@ -312,6 +312,10 @@ def run_once(args: argparse.Namespace) -> dict:
         "latency_max_ms": round(float(latencies.max()), 1) if len(latencies) else None,
         "tags_received": len(latencies),
         "dropped_windows": dropped,
+        "dropped_per_stream_min_max": [
+            min(c["windows_dropped"] + c["event_windows_dropped"] for c in counters),
+            max(c["windows_dropped"] + c["event_windows_dropped"] for c in counters),
+        ],
         "lost_messages": received["lost_messages"],
         "events_received": received["events"],
         "carried_windows": received["carried"],
