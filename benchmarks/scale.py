@@ -6,9 +6,11 @@ Rows, all measured in one run on this machine:
 a) **central throughput**: passes of ``--batch`` real 3 s mn04 windows (log-mel of the shared
    60 s scenes) as the pipeline hands them to its engine, one pass at a time: the local
    engine (``InferenceWorker`` in this process, the baseline) and ``--engine ray`` with 1, 2,
-   3 replicas on a local Ray started here (CPUs split evenly between replicas, one inference
-   thread each). Windows/s is the median of ``--runs`` repetitions of ``--passes`` passes;
-   CPU per window counts this process and the replicas' processes (``/proc``);
+   3 replicas on a local Ray started here (all deployed at once, one inference
+   thread each). Windows/s is the median of ``--runs`` repetitions of ``--passes`` passes,
+   the engines taking turns within each repetition; CPU per window counts this process and
+   the replicas' processes (``/proc``), and its inverse (windows per core-second) is what a
+   core can do whatever else loads the machine;
 b) **edge**: the frontend's CPU per audio second (``StreamingLogMel.push`` in 10 ms hops on
    the real scene audio, one core), and, when the edge package is there, a real
    ``soundwatch edge`` process's CPU per audio second sending one file stream to a ZeroMQ
@@ -68,27 +70,17 @@ def real_windows(audio: list[np.ndarray], count: int) -> np.ndarray:
     return np.stack([windows[i % len(windows)] for i in range(count)])
 
 
-def measure(
-    infer: Callable[[np.ndarray], object],
-    batch: np.ndarray,
-    passes: int,
-    runs: int,
-    pids: Callable[[], list[int]],
+def measure_once(
+    infer: Callable[[np.ndarray], object], batch: np.ndarray, passes: int, pids: list[int]
 ) -> tuple[float, float]:
-    """Median windows/s over ``runs`` and CPU ms per window (this process + ``pids``)."""
-    infer(batch)  # warm-up
-    rates, cpu = [], []
-    for _ in range(runs):
-        watched = pids()
-        cpu0 = time.process_time() + sum(proc_cpu(p) for p in watched)
-        t0 = time.perf_counter()
-        for _ in range(passes):
-            infer(batch)
-        elapsed = time.perf_counter() - t0
-        used = time.process_time() + sum(proc_cpu(p) for p in watched) - cpu0
-        rates.append(passes * len(batch) / elapsed)
-        cpu.append(1000.0 * used / (passes * len(batch)))
-    return statistics.median(rates), statistics.median(cpu)
+    """Windows/s of ``passes`` passes, and CPU ms per window (this process + ``pids``)."""
+    cpu0 = time.process_time() + sum(proc_cpu(p) for p in pids)
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        infer(batch)
+    elapsed = time.perf_counter() - t0
+    used = time.process_time() + sum(proc_cpu(p) for p in pids) - cpu0
+    return passes * len(batch) / elapsed, 1000.0 * used / (passes * len(batch))
 
 
 def replica_pids(engine, replicas: int) -> list[int]:
@@ -183,42 +175,59 @@ def main() -> None:
     batch = real_windows(audio, args.batch)
     loaded = load_model("mn04", WEIGHTS)
     cores = os.cpu_count() or 1
-    rows: list[tuple[str, float, float]] = []
 
+    # Every engine is set up first, then measured in turn within each repetition, so that
+    # the load of other jobs on the machine drifts over all of them alike.
     local = InferenceWorker(loaded, device="cpu", backend="auto")
-    rate, cpu = measure(local.infer, batch, args.passes, args.runs, lambda: [])
-    rows.append((f"local ({local.backend}, in-process, default threads): baseline", rate, cpu))
-    baseline = rate
     single = InferenceWorker(loaded, device="cpu", threads=1, backend="auto")
-    rate, cpu = measure(single.infer, batch, args.passes, args.runs, lambda: [])
-    rows.append((f"local ({single.backend}, in-process, 1 thread)", rate, cpu))
-
+    engines: list[tuple[str, Callable[[np.ndarray], object], list[int]]] = [
+        (f"local ({local.backend}, in-process, default threads): baseline", local.infer, []),
+        (f"local ({single.backend}, in-process, 1 thread)", single.infer, []),
+    ]
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started: list[RayEngine] = []
     try:
-        for replicas in [int(r) for r in args.replicas.split(",")]:
-            config = InferenceConfig(
-                engine="ray", replicas=replicas, num_cpus=cores / max(replicas, cores)
-            )
+        counts = [int(r) for r in args.replicas.split(",")]
+        for replicas in counts:
+            # CPUs are a placement hint only: all deployments stay up, each replica idles
+            # while the others are measured
+            share = cores / (sum(counts) + 1)
+            config = InferenceConfig(engine="ray", replicas=replicas, num_cpus=share)
             engine = RayEngine(loaded, config, device="cpu", threads=1, backend="auto")
-            try:
-                pids = replica_pids(engine, replicas)
-                rate, cpu = measure(engine.infer, batch, args.passes, args.runs, lambda p=pids: p)
-                name = f"ray, {replicas} replica(s) ({engine.backend}, 1 thread each)"
-                rows.append((name, rate, cpu))
-            finally:
-                engine.close()
+            started.append(engine)
+            name = f"ray, {replicas} replica(s) ({engine.backend}, 1 thread each)"
+            engines.append((name, engine.infer, replica_pids(engine, replicas)))
+        for _, infer, _ in engines:
+            infer(batch)  # warm-up
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in engines}
+        for _ in range(args.runs):
+            for name, infer, pids in engines:
+                samples[name].append(measure_once(infer, batch, args.passes, pids))
     finally:
+        for engine in started:
+            engine.close()
         ray.shutdown()
+    rows = [
+        (name, statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
+        for name, runs in samples.items()
+    ]
+    baseline = rows[0][1]
 
     frontend = frontend_cpu_per_audio_second(audio)
     edge = edge_process_cpu(args.edge_seconds)
 
     print(f"\nmn04, {args.batch} windows of 3 s per pass, {cores} cores ({cpu_model()})")
     print(f"medians of {args.runs} runs of {args.passes} passes\n")
-    print("| engine | windows/s | vs local | CPU ms/window | streams at 0.5 s hop |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| engine | windows/s | vs local | CPU ms/window | windows per core-second "
+        "| streams at 0.5 s hop |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, rate, cpu in rows:
-        print(f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {cpu:.1f} | {rate * HOP_S:.0f} |")
+        print(
+            f"| {name} | {rate:.0f} | {rate / baseline:.2f}x | {cpu:.1f} | {1000 / cpu:.0f} "
+            f"| {rate * HOP_S:.0f} |"
+        )
     print("\n| edge cost per stream | CPU ms per audio second |")
     print("|---|---:|")
     print(f"| frontend (StreamingLogMel.push, 10 ms hops) | {frontend:.2f} |")
