@@ -57,7 +57,7 @@ from soundwatch.events import EventsConfig, build_settings, detect_events_offlin
 from soundwatch.events.agreement import aggregate_steps  # noqa: E402
 from soundwatch.events.config import load_preset  # noqa: E402
 from soundwatch.events.detector import DetectorSettings, EventDetector, _span_times  # noqa: E402
-from soundwatch.events.groups import group_scores  # noqa: E402
+from soundwatch.events.groups import Group, group_scores  # noqa: E402
 from soundwatch.events.hysteresis import Thresholds, find_spans  # noqa: E402
 from soundwatch.events.smoothing import smooth  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
@@ -99,7 +99,7 @@ def naive_events(
 # --- steps and thresholds ------------------------------------------------------------------
 def scene_steps(w: Windows, settings: DetectorSettings) -> np.ndarray:
     """A scene's ``[K, G]`` step scores (agreement and smoothing, before hysteresis)."""
-    scores = group_scores(w.probs, settings.members)
+    scores = group_scores(w.probs, settings.score_table)
     steps, _ = aggregate_steps(w.starts, w.stops, scores, settings.step_frames, settings.quantile)
     return smooth(steps, settings.smoothing, settings.smoothing_width_s, settings.step_s)
 
@@ -130,12 +130,16 @@ def detect(
 
 
 def count_table(
-    steps: Steps, truth: Truth, settings: DetectorSettings, transform: Transform | None
+    steps: Steps,
+    truth: Truth,
+    settings: DetectorSettings,
+    transform: Transform | None,
+    grid: np.ndarray = THRESHOLD_GRID,
 ) -> np.ndarray:
-    """``[G, thresholds, 3]`` event tp/fp/fn of each group at each grid threshold."""
+    """``[G, thresholds, 3]`` event tp/fp/fn of each group at each ``grid`` threshold."""
     n_groups = len(settings.groups)
-    table = np.zeros((n_groups, len(THRESHOLD_GRID), 3), dtype=np.int64)
-    for t, on in enumerate(THRESHOLD_GRID):
+    table = np.zeros((n_groups, len(grid), 3), dtype=np.int64)
+    for t, on in enumerate(grid):
         every = np.full(n_groups, on, np.float32)
         for scene, true_events in truth.items():
             score = score_events(true_events, detect(steps[scene], settings, every, transform))
@@ -212,6 +216,80 @@ def calibrated(table: np.ndarray, steps: Steps, truth: Truth) -> np.ndarray:
     return np.minimum(on, MAX_THRESHOLD).astype(np.float32)
 
 
+# --- calibrated group scores ------------------------------------------------------------
+CALIBRATION_L2 = 1.0  # ridge penalty on the standardised weights of each group's logistic
+POSITIVE_OVERLAP = 0.5  # a window is a positive of a sound holding min(1 s, this x its length)
+PROBABILITY_GRID = np.array(
+    [*(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5), *(0.55, 0.6, 0.65, 0.7, 0.75)],
+    dtype=np.float32,
+)
+
+
+def window_targets(w: Windows, events: list[LabelledEvent], names: list[str]) -> np.ndarray:
+    """``[N, G]`` window targets: 1 where the window holds at least min(1 s,
+    ``POSITIVE_OVERLAP`` x its length) of a sound of the group, 0 where it holds none of
+    it, -1 (left out) where it holds only a little."""
+    t0, t1 = w.starts / FRAMES_PER_SECOND, w.stops / FRAMES_PER_SECOND
+    y = np.zeros((len(t0), len(names)), dtype=np.int8)
+    for e in events:
+        g = names.index(e.label)
+        overlap = np.minimum(t1, e.offset) - np.maximum(t0, e.onset)
+        positive = overlap >= min(1.0, POSITIVE_OVERLAP * (e.offset - e.onset))
+        y[(overlap > 0) & ~positive & (y[:, g] == 0), g] = -1
+        y[positive, g] = 1
+    return y
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """Class-balanced logistic regression with a ridge penalty ``l2`` on the standardised
+    weights (Newton's method; a handful of features). Returns weights and bias for the raw
+    features."""
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-3
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    n_pos = max(int(y.sum()), 1)
+    sample = np.where(y == 1, len(y) / (2 * n_pos), len(y) / (2 * max(len(y) - n_pos, 1)))
+    ridge = np.eye(z.shape[1]) * l2
+    ridge[-1, -1] = 1e-6  # the bias is free
+    beta = np.zeros(z.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(z @ beta)))
+        gradient = z.T @ (sample * (p - y)) + ridge @ beta
+        hessian = (z * (sample * p * (1 - p))[:, None]).T @ z + ridge
+        delta = np.linalg.solve(hessian, gradient)
+        beta -= delta
+        if np.abs(delta).max() < 1e-8:
+            break
+    weights = beta[:-1] / scale
+    return weights, float(beta[-1] - weights @ mean)
+
+
+def logits(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def learn_calibration(
+    windows: dict[str, Windows], truth: Truth, settings: DetectorSettings, groups: np.ndarray
+) -> DetectorSettings:
+    """``settings`` with each group in ``groups`` (a mask) calibrated: a logistic of its
+    classes' logits fitted on the windows of the tuning scenes (positives: windows holding
+    the group's sound; negatives: every window holding none of it: noise, ambience and the
+    other sounds)."""
+    names = settings.labels
+    targets = {s: window_targets(w, truth[s], names) for s, w in windows.items()}
+    new_groups = list(settings.groups)
+    for g, group in enumerate(settings.groups):
+        if not groups[g]:
+            continue
+        cols = list(group.indices)
+        x = np.vstack([logits(w.probs[:, cols]) for w in windows.values()])
+        y = np.concatenate([targets[s][:, g] for s in windows])
+        keep = y >= 0
+        weights, bias = fit_logistic(x[keep], y[keep].astype(np.float64), CALIBRATION_L2)
+        new_groups[g] = Group(group.name, group.indices, tuple(weights.tolist()), bias)
+    return dataclasses.replace(settings, groups=new_groups)
+
+
 # --- background and overlap variants (measured, not shipped) ------------------------------
 def habituate(x: np.ndarray, on: np.ndarray, memory_s: float = 60.0, active_s: float = 6.0):
     """Zero a group's score while it was active (score >= on) for more than ``active_s``
@@ -245,7 +323,14 @@ def compete(families: list[list[int]]) -> Transform:
 @dataclass
 class SceneSet:
     truth: Truth
-    steps: Steps
+    steps: Steps  # with the plain (max) group scores
+    windows: dict[str, Windows]
+    raw_table: np.ndarray | None = None  # count_table of ``steps``, once needed
+
+    def table(self, settings: DetectorSettings) -> np.ndarray:
+        if self.raw_table is None:
+            self.raw_table = count_table(self.steps, self.truth, settings, None)
+        return self.raw_table
 
 
 @dataclass
@@ -253,6 +338,9 @@ class Method:
     name: str
     tune: Callable[[np.ndarray, SceneSet], np.ndarray]  # count table, tuning set -> on
     transform: Transform | None = None
+    #: learns calibrated group scores on the tuning set (None: the plain max scores)
+    calibrate: Callable[[SceneSet], DetectorSettings] | None = None
+    grid: np.ndarray = dataclasses.field(default_factory=lambda: THRESHOLD_GRID)
 
 
 def score_set(
@@ -268,16 +356,26 @@ def score_set(
 def cross(
     method: Method, sets: dict[str, SceneSet], settings: DetectorSettings
 ) -> tuple[Score, Score, dict[str, np.ndarray]]:
-    """(tuning side, validation side, thresholds tuned on each set)."""
+    """(tuning side, validation side, (thresholds, settings) tuned on each set)."""
     tuning, validation = Score({}), Score({})
     tuned = {}
     for name, data in sets.items():
-        table = count_table(data.steps, data.truth, settings, method.transform)
-        tuned[name] = on = method.tune(table, data)
-        tuning.add(score_set(data, settings, on, method.transform))
+        s = settings if method.calibrate is None else method.calibrate(data)
+
+        def scored(d: SceneSet, s: DetectorSettings = s) -> SceneSet:
+            if s is settings:
+                return d
+            steps = {scene: scene_steps(d.windows[scene], s) for scene in d.truth}
+            return SceneSet(d.truth, steps, d.windows)
+
+        mine = scored(data)
+        table = count_table(mine.steps, mine.truth, s, method.transform, method.grid)
+        on = method.tune(table, data)
+        tuned[name] = (on, s)
+        tuning.add(score_set(mine, s, on, method.transform))
         for other, other_data in sets.items():
             if other != name:
-                validation.add(score_set(other_data, settings, on, method.transform))
+                validation.add(score_set(scored(other_data), s, on, method.transform))
     return tuning, validation, tuned
 
 
@@ -363,20 +461,33 @@ PRESET_FILE = REPO / "soundwatch" / "events" / "esc50_groups.yaml"
 PRESET_HEADER = """\
 # The 50 ESC-50 categories as soundwatch event groups: each the AudioSet classes (by display
 # name) that mean the same sound. threshold_on: written by `benchmarks/events.py
-# --write-preset` for mn04 with 3 s windows every 0.5 s: tuned on generated scenes made from
-# the first ESC-50 clip of each category (validated on scenes from the second clip); groups
-# that never occur in those scenes get 2 x their highest score on background-only audio
-# (at least the best shared threshold). Use with `events: {preset: esc50}`.
+# --write-preset` for mn04 with 3 s windows every 0.5 s from generated scenes made from the
+# first ESC-50 clip of each category (validated on scenes from the second clip). Groups that
+# occur in those scenes are calibrated: their score is sigmoid(bias + sum of weight x
+# logit(p)) over their labels, a logistic fitted on the windows of those scenes, and they
+# share one threshold; the others keep the highest probability of their labels, with a
+# threshold of at least 2 x their highest score on background-only audio (and at least the
+# best shared threshold). Use with `events: {preset: esc50}`.
 groups:
 """
 
 
-def write_preset(thresholds: dict[str, float]) -> None:
-    """Rewrite the esc50 preset with ``threshold_on`` per group."""
+def write_preset(settings: DetectorSettings) -> None:
+    """Rewrite the esc50 preset with each group's ``threshold_on`` and, for calibrated
+    groups, ``weights`` and ``bias`` from ``settings``."""
     lines = [PRESET_HEADER.rstrip("\n")]
+    groups = {
+        g.name: (g, float(on))
+        for g, on in zip(settings.groups, settings.thresholds.on, strict=True)
+    }
     for name, spec in load_preset("esc50").items():
+        group, on = groups[name]
         labels = ", ".join(f'"{label}"' if "," in label else label for label in spec.labels)
-        lines.append(f"  {name}: {{labels: [{labels}], threshold_on: {thresholds[name]:.3g}}}")
+        extra = ""
+        if group.weights is not None:
+            weights = ", ".join(f"{w:.4g}" for w in group.weights)
+            extra = f", weights: [{weights}], bias: {group.bias:.4g}"
+        lines.append(f"  {name}: {{labels: [{labels}], threshold_on: {on:.3g}{extra}}}")
     PRESET_FILE.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -386,6 +497,9 @@ def main() -> None:
         "--write-preset", action="store_true", help="write the winner, tuned on A, as the preset"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--shipped-only", action="store_true", help="only the shipped method's rows (faster)"
+    )
     args = parser.parse_args()
 
     loaded = load_model("mn04", WEIGHTS, download=False)
@@ -399,19 +513,36 @@ def main() -> None:
     for scene_set in (SET_A, SET_B):
         directory = generate(scene_set)
         truth = read_truth(directory)
-        steps = {
-            s: scene_steps(cache.get(directory / f"{s}.wav", config.window, config.hop), settings)
-            for s in truth
-        }
-        sets[scene_set.name] = SceneSet(truth, steps)
+        windows = {s: cache.get(directory / f"{s}.wav", config.window, config.hop) for s in truth}
+        steps = {s: scene_steps(windows[s], settings) for s in truth}
+        sets[scene_set.name] = SceneSet(truth, steps, windows)
 
     families = [
         [names.index("hen"), names.index("rooster")],
         [names.index("insects"), names.index("crickets")],
     ]
-    winner = Method(
-        "per-group, untuned groups calibrated on background (shipped)",
+    background = Method(
+        "per-group, untuned groups calibrated on background (as before)",
         lambda table, data: calibrated(table, data.steps, data.truth),
+    )
+
+    def learn(data: SceneSet) -> DetectorSettings:
+        return learn_calibration(
+            data.windows, data.truth, settings, has_truth(data.table(settings))
+        )
+
+    def shared_on_calibrated(table: np.ndarray, data: SceneSet) -> np.ndarray:
+        """Calibrated groups: one shared threshold; the others as before (background)."""
+        raw = data.table(settings)
+        tuned = has_truth(raw)
+        shared = PROBABILITY_GRID[global_index(table[tuned])]
+        return np.where(tuned, shared, calibrated(raw, data.steps, data.truth)).astype(np.float32)
+
+    winner = Method(
+        "calibrated scores (logistic per group), one shared threshold (shipped)",
+        shared_on_calibrated,
+        calibrate=learn,
+        grid=PROBABILITY_GRID,
     )
     methods = [
         Method("per-group, free (as before)", lambda table, data: tune_per_group(table)),
@@ -423,10 +554,10 @@ def main() -> None:
             "per-group, pulled toward the shared one (penalty 1)",
             lambda table, data: tune_per_group(table, penalty=1.0),
         ),
-        winner,
+        background,
         Method(
-            "shipped + habituation 60 s / 6 s (not kept)",
-            winner.tune,
+            "background + habituation 60 s / 6 s (not kept)",
+            background.tune,
             lambda x, on: habituate(x, on),
         ),
         Method(
@@ -434,7 +565,20 @@ def main() -> None:
             lambda table, data: tune_per_group(table),
             compete(families),
         ),
+        winner,
+        Method(
+            "calibrated scores, each group its own threshold (not kept)",
+            lambda table, data: np.where(
+                has_truth(data.table(settings)),
+                tune_per_group(table),
+                calibrated(data.table(settings), data.steps, data.truth),
+            ).astype(np.float32),
+            calibrate=learn,
+            grid=PROBABILITY_GRID,
+        ),
     ]
+    if args.shipped_only:
+        methods = [winner]
     n_events = {k: sum(len(v) for v in d.truth.values()) for k, d in sets.items()}
     print(
         f"A: {len(sets['A'].truth)} scenes, {n_events['A']} events (first clips); "
@@ -442,7 +586,7 @@ def main() -> None:
         f"{config.window:g} s / {config.hop:g} s windows; micro averages\n"
     )
     print(CROSS_HEADER)
-    shipped_on = None
+    shipped: DetectorSettings | None = None
     for method in methods:
         started = time.perf_counter()
         tuning, validation, tuned = cross(method, sets, settings)
@@ -452,13 +596,20 @@ def main() -> None:
             flush=True,
         )
         if method is winner:
-            shipped_on = tuned["A"]
+            on, tuned_settings = tuned["A"]
+            thresholds = thresholds_of(tuned_settings, on)
+            shipped = dataclasses.replace(tuned_settings, thresholds=thresholds)
         print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    assert shipped_on is not None
+    assert shipped is not None
 
     # The shipped preset: tuned on A; B is its validation set; scenes-dev besides.
-    shipped = dataclasses.replace(settings, thresholds=thresholds_of(settings, shipped_on))
-    on_b = score_set(sets["B"], shipped, shipped_on, None)
+    b_steps = {s: scene_steps(sets["B"].windows[s], shipped) for s in sets["B"].truth}
+    on_b = score_set(
+        SceneSet(sets["B"].truth, b_steps, sets["B"].windows),
+        shipped,
+        shipped.thresholds.on,
+        None,
+    )
     dev_truth = read_truth(SCENES_DEV)
     layouts = [(10.0, 1.0), (2.0, 0.5)]
     dev = {
@@ -495,7 +646,7 @@ def main() -> None:
     print("\n".join(speed))
 
     if args.write_preset:
-        write_preset({name: float(on) for name, on in zip(names, shipped_on, strict=True)})
+        write_preset(shipped)
         print(f"\nwrote {PRESET_FILE}")
 
 

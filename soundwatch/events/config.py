@@ -1,7 +1,10 @@
 """The ``events`` section of the configuration, validated strictly.
 
 Every key is optional. Per-group keys (``threshold_on``, ``threshold_off``,
-``min_duration``, ``max_gap``) override the section-wide defaults for that group only.
+``min_duration``, ``max_gap``) override the section-wide defaults for that group only;
+``weights`` and ``bias`` turn a group's score into a calibrated one (a logistic function of
+its classes' logits, learned by ``benchmarks/events.py``) instead of their highest
+probability.
 See docs/events.md for what each step does and how the defaults were chosen.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -26,6 +29,7 @@ from soundwatch.validation import (
 
 PRESETS = ("esc50",)
 DEFAULT_OFF_RATIO = 0.3  # threshold_off / threshold_on when threshold_off is not given
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class GroupConfig(StrictModel):
@@ -39,12 +43,28 @@ class GroupConfig(StrictModel):
     threshold_off: float | None = Field(default=None, gt=0.0, le=1.0)
     min_duration: float | None = Field(default=None, ge=0.0, le=600.0)
     max_gap: float | None = Field(default=None, ge=0.0, le=600.0)
+    weights: list[FiniteFloat] | None = Field(
+        default=None,
+        description="one weight per entry of labels: the score is sigmoid(bias + sum of "
+        "weight x logit(probability)) instead of the highest probability",
+    )
+    bias: FiniteFloat | None = Field(default=None, description="with weights: the logistic's bias")
 
     @model_validator(mode="after")
     def _has_members(self) -> GroupConfig:
         if not self.labels and not self.subtrees:
             raise ValueError("a group needs at least one entry in labels or subtrees")
         check_off_not_above_on(self.threshold_off, self.threshold_on)
+        if (self.weights is None) != (self.bias is None):
+            raise ValueError("weights and bias go together: give both or neither")
+        if self.weights is not None:
+            if self.subtrees:
+                raise ValueError("weights need the classes listed in labels, not subtrees")
+            if len(self.weights) != len(self.labels):
+                raise ValueError(
+                    f"weights has {len(self.weights)} entries but labels has "
+                    f"{len(self.labels)}: give one weight per label"
+                )
         return self
 
 

@@ -1,6 +1,7 @@
 """Sound events of one stream from its window results, as soon as they are known.
 
-Per window the classes of each group are pooled (max); per time step of ``step`` seconds
+Per window the classes of each group are pooled (max, or a calibrated group's logistic
+score, see :mod:`~soundwatch.events.groups`); per time step of ``step`` seconds
 the windows covering the step vote (:mod:`~soundwatch.events.agreement`); the step scores
 are smoothed (:mod:`~soundwatch.events.smoothing`) and turned into events by hysteresis,
 gap bridging and a minimum duration (:mod:`~soundwatch.events.hysteresis`). Both ends of
@@ -27,6 +28,7 @@ from soundwatch.events.agreement import StepAggregator, aggregate_steps
 from soundwatch.events.config import DEFAULT_OFF_RATIO, EventsConfig, GroupConfig
 from soundwatch.events.groups import (
     Group,
+    ScoreTable,
     group_scores,
     load_ontology,
     member_table,
@@ -55,9 +57,11 @@ class DetectorSettings:
     smoothing_width_s: float
     thresholds: Thresholds
     members: np.ndarray = field(init=False, repr=False, compare=False)
+    score_table: ScoreTable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", member_table(self.groups))
+        object.__setattr__(self, "score_table", ScoreTable.of(self.groups))
 
     @property
     def step_s(self) -> float:
@@ -163,7 +167,7 @@ def detect_events_offline(
     probabilities ``[N, num_classes]``), in the order a live detector announces them."""
     if len(starts) == 0:
         return []
-    scores = group_scores(np.asarray(probs, dtype=np.float32), settings.members)
+    scores = group_scores(np.asarray(probs, dtype=np.float32), settings.score_table)
     steps, _ = aggregate_steps(starts, stops, scores, settings.step_frames, settings.quantile)
     smoothed = smooth(steps, settings.smoothing, settings.smoothing_width_s, settings.step_s)
     spans: list[Span] = find_spans(smoothed, settings.thresholds)
@@ -249,7 +253,7 @@ class EventDetector:
         self._last_start = result.start_frame
         self.counters.windows += 1
         scores = group_scores(
-            np.asarray(result.probs, dtype=np.float32)[None], self.settings.members
+            np.asarray(result.probs, dtype=np.float32)[None], self.settings.score_table
         )
         steps = self._aggregator.push(result.start_frame, result.stop_frame, scores[0])
         self._sync_counters()

@@ -3,8 +3,10 @@
 A group names AudioSet classes directly (``labels``: display names or ``/m/...`` ids)
 and/or whole ontology subtrees (``subtrees``: a node and every node below it, e.g. ``Dog``
 brings Bark, Yip, Howl, Bow-wow, Growling and Whimper (dog)). A group's score in a window is
-the highest probability among its classes. With no groups configured, every class of the
-model is its own group, named by its display name.
+the highest probability among its classes, or, for a *calibrated* group (``weights`` and
+``bias``, learned from tuning scenes by ``benchmarks/events.py``), the logistic
+``sigmoid(bias + sum_i weight_i * logit(p_i))`` of its classes' probabilities. With no
+groups configured, every class of the model is its own group, named by its display name.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Group:
 
     name: str
     indices: tuple[int, ...]
+    weights: tuple[float, ...] | None = None  # calibrated: one per index, with bias
+    bias: float = 0.0
 
 
 def _lookup_table(labels: Sequence[str], mids: Sequence[str]) -> dict[str, int]:
@@ -103,16 +107,67 @@ def resolve_groups(
                 f"events.groups.{name}: no model class in this group; list labels or subtrees "
                 "that the model outputs"
             )
-        groups.append(Group(name, unique))
+        if spec.weights is None:
+            groups.append(Group(name, unique))
+            continue
+        if len(unique) != len(indices):
+            raise SoundwatchError(
+                f"events.groups.{name}: a label is listed twice; with weights every label "
+                "must name a different class"
+            )
+        groups.append(Group(name, unique, tuple(spec.weights), float(spec.bias or 0.0)))
     return groups
 
 
-def group_scores(probs: np.ndarray, groups: Sequence[Group] | np.ndarray) -> np.ndarray:
-    """``[..., num_classes]`` probabilities -> ``[..., num_groups]`` (max within each group).
+LOGIT_CLIP = 1e-6  # probabilities are clipped to [this, 1 - this] before the logit
 
-    ``groups`` may be a :func:`member_table` already built (what the detector does)."""
-    table = groups if isinstance(groups, np.ndarray) else member_table(groups)
-    return probs[..., table].max(axis=-1).astype(np.float32, copy=False)
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """How the detector scores all groups at once: :func:`member_table` plus, for the
+    calibrated groups, their weights (``[G, M]``, 0 on padding) and biases."""
+
+    members: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    calibrated: np.ndarray  # [G] bool
+
+    @classmethod
+    def of(cls, groups: Sequence[Group]) -> ScoreTable:
+        members = member_table(groups)
+        weights = np.zeros(members.shape, dtype=np.float64)
+        bias = np.zeros(len(groups), dtype=np.float64)
+        for row, group in enumerate(groups):
+            if group.weights is not None:
+                weights[row, : len(group.weights)] = group.weights
+                bias[row] = group.bias
+        calibrated = np.array([g.weights is not None for g in groups], dtype=bool)
+        return cls(members, weights, bias, calibrated)
+
+
+def group_scores(
+    probs: np.ndarray, groups: Sequence[Group] | np.ndarray | ScoreTable
+) -> np.ndarray:
+    """``[..., num_classes]`` probabilities -> ``[..., num_groups]``: the max within each
+    group, or the calibrated group's logistic score.
+
+    ``groups`` may be a :class:`ScoreTable` or :func:`member_table` (max only) already built
+    (what the detector does)."""
+    if isinstance(groups, ScoreTable):
+        table = groups
+    elif isinstance(groups, np.ndarray):
+        return probs[..., groups].max(axis=-1).astype(np.float32, copy=False)
+    else:
+        table = ScoreTable.of(groups)
+    members = probs[..., table.members]
+    scores = members.max(axis=-1)
+    if table.calibrated.any():
+        rows = table.calibrated
+        p = np.clip(members[..., rows, :].astype(np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+        z = table.bias[rows] + (table.weights[rows] * (np.log(p) - np.log1p(-p))).sum(axis=-1)
+        scores = scores.astype(np.float64)
+        scores[..., rows] = 1.0 / (1.0 + np.exp(-z))
+    return scores.astype(np.float32, copy=False)
 
 
 def member_table(groups: Sequence[Group]) -> np.ndarray:
