@@ -145,30 +145,43 @@ def get_json(url: str) -> tuple[int, dict]:
 # -- the commands that ask once: (args after the command, check for alice, for mallory) ----
 
 Check = Callable[[subprocess.CompletedProcess[str]], bool]
-ONE_SHOT: dict[str, tuple[Callable[[Served], list[str]], Check, Check]] = {
+ONE_SHOT: dict[str, tuple[Callable[[Served, Path], list[str]], Check, Check]] = {
     "tail": (
-        lambda s: ["tail", "--endpoint", s.endpoint, "--count", "2", "--timeout", "8"],
+        lambda s, _: ["tail", "--endpoint", s.endpoint, "--count", "2", "--timeout", "8"],
         lambda r: r.returncode == 0 and "kitchen" in r.stdout,
         lambda r: r.returncode == 1 and r.stdout == "" and "no message for 8.0 s" in r.stderr,
     ),
     "health": (
-        lambda s: ["health", "--endpoint", s.endpoint, "--timeout", "8"],
+        lambda s, _: ["health", "--endpoint", s.endpoint, "--timeout", "8"],
         lambda r: r.returncode == 0 and "healthy" in r.stdout,
         lambda r: r.returncode == 1 and "the CURVE handshake failed (unknown_key" in r.stderr,
     ),
     "ctl": (
-        lambda s: ["ctl", "--endpoint", s.control.endpoint, "--timeout", "3", "streams"],
+        lambda s, _: ["ctl", "--endpoint", s.control.endpoint, "--timeout", "3", "streams"],
         lambda r: r.returncode == 0 and "kitchen" in r.stdout,
         lambda r: r.returncode == 1 and "kitchen" not in r.stdout and "no answer" in r.stderr,
+    ),
+    # This control endpoint keeps no audio: alice's request is answered, with a refusal.
+    "record": (
+        lambda s, tmp: (
+            [
+                *("record", "--endpoint", s.control.endpoint, "--timeout", "3"),
+                *("--stream", "kitchen", "--seconds", "1", str(tmp / "example.wav")),
+            ]
+        ),
+        lambda r: r.returncode == 1 and "error:" in r.stderr and "no answer" not in r.stderr,
+        lambda r: r.returncode == 1 and "no answer" in r.stderr,
     ),
 }
 
 
 @pytest.mark.parametrize("who", ["alice", "mallory"])
 @pytest.mark.parametrize("command", list(ONE_SHOT))
-def test_one_shot_commands_use_curve(command: str, who: str, keys: Keys, served: Served) -> None:
+def test_one_shot_commands_use_curve(
+    command: str, who: str, keys: Keys, served: Served, tmp_path: Path
+) -> None:
     make_args, works, refused = ONE_SHOT[command]
-    args = make_args(served)
+    args = make_args(served, tmp_path)
     # The CURVE options go after the command (for ctl: before its subcommand).
     at = len(args) - 1 if command == "ctl" else len(args)
     result = soundwatch(*args[:at], *keys.args(who), *args[at:])
