@@ -61,6 +61,9 @@ READ_INTERVAL_S = 0.05
 FRAMES_PER_SECOND = 100
 #: Messages queued in the socket at most; past it batches wait in the stream's buffer.
 SEND_HIGH_WATER_MARK = 100
+#: An ack saying a batch is missing is acted on only when that batch was sent longer ago
+#: than this (acks of batches sent before it were still on their way).
+FAST_RESEND_GUARD_S = 0.2
 
 
 def default_node_id() -> str:
@@ -99,6 +102,7 @@ class _EdgeStream:
     ended: bool = False  # the source ended and its last batch is queued
     sent_at: dict[int, float] = field(default_factory=dict)  # seq -> monotonic last send
     acked_at: float = field(default_factory=time.monotonic)  # the last ack that freed batches
+    last_ack: int = -1  # the ``next`` of the last ack
     counters: EdgeStreamCounters = field(default_factory=EdgeStreamCounters)
 
     @property
@@ -334,6 +338,9 @@ class EdgeNode:
             stream = by_id.get(ack.stream)
             if stream is None or ack.epoch != self.epoch:
                 continue
+            if ack.next == stream.last_ack:  # a repeated ack: a later batch came, not this
+                self._resend_missing(stream, ack.next)
+            stream.last_ack = ack.next
             while stream.buffer and stream.buffer[0].seq < ack.next:
                 batch = stream.buffer.popleft()
                 stream.buffered_frames -= batch.frames.shape[1]
@@ -341,6 +348,20 @@ class EdgeNode:
                 stream.counters.acked_batches += 1
                 stream.acked_at = time.monotonic()
             stream.unsent = min(stream.unsent, len(stream.buffer))
+
+    def _resend_missing(self, stream: _EdgeStream, missing: int) -> None:
+        """The server repeated its ack of ``missing``: a later batch reached it, not this one
+        (lost in a cut). Send everything from there again at once rather than after the
+        ack timeout (which a live stream's short buffer may never reach), unless it was
+        (re)sent just now and this ack was on its way already."""
+        sent = stream.sent_at.get(missing)
+        if sent is None or time.monotonic() - sent < FAST_RESEND_GUARD_S:
+            return
+        again = sum(1 for batch in stream.buffer if batch.seq >= missing)
+        stream.counters.resends += again - stream.unsent
+        stream.unsent = again
+        for seq in [seq for seq in stream.sent_at if seq >= missing]:
+            del stream.sent_at[seq]
 
     def _send_health(self, t: float) -> None:
         streams = {}

@@ -273,33 +273,23 @@ class EdgeServer:
             counters.edge_duplicates += 1
             self._ack(peer, remote, batch)
             return
-        gap = False
         if batch.seq > remote.next_seq and batch.base > remote.next_seq:
-            counters.edge_gap_batches += batch.base - remote.next_seq
+            counters.edge_gap_batches += batch.base - remote.next_seq  # gone for good
             remote.next_seq = batch.base
-            gap = True
-        if batch.seq > remote.next_seq:
+        if batch.seq > remote.next_seq:  # an earlier one is missing: the edge sends it again
             counters.edge_out_of_order += 1
             self._ack(peer, remote, batch)
             return
-        if gap and batch.segment == remote.segment and batch.frame > remote.next_frame:
-            counters.edge_gap_frames += batch.frame - remote.next_frame
-        elif gap and batch.segment != remote.segment:
-            counters.edge_gap_frames += batch.frame  # at least the new segment's first frames
-        if (
-            remote.segment >= 0
-            and batch.segment == remote.segment
-            and batch.frame < (remote.next_frame)
-        ):
+        same_segment = remote.segment == batch.segment
+        if same_segment and batch.frame < remote.next_frame:
             raise MalformedEdgeMessage(
                 f"stream {stream_id}: frame {batch.frame} repeats frames already taken"
             )
-        new_segment = (
-            gap
-            or batch.new_segment
-            or batch.segment != remote.segment
-            or batch.frame != remote.next_frame
-        )
+        if same_segment and batch.frame > remote.next_frame:
+            counters.edge_gap_frames += batch.frame - remote.next_frame
+        elif remote.segment >= 0 and not same_segment:
+            counters.edge_gap_frames += batch.frame  # the new segment's first frames are missing
+        new_segment = batch.new_segment or not same_segment or batch.frame != remote.next_frame
         if not self.pipeline.feed_stream(remote.state, batch.frames, batch.t_start, new_segment):
             return  # the pipeline is stopping
         remote.segment = batch.segment
