@@ -147,12 +147,12 @@ def get_json(url: str) -> tuple[int, dict]:
 Check = Callable[[subprocess.CompletedProcess[str]], bool]
 ONE_SHOT: dict[str, tuple[Callable[[Served, Path], list[str]], Check, Check]] = {
     "tail": (
-        lambda s, _: ["tail", "--endpoint", s.endpoint, "--count", "2", "--timeout", "8"],
+        lambda s, _: ["tail", "--endpoint", s.endpoint, "--count", "2", "--timeout", "5"],
         lambda r: r.returncode == 0 and "kitchen" in r.stdout,
-        lambda r: r.returncode == 1 and r.stdout == "" and "no message for 8.0 s" in r.stderr,
+        lambda r: r.returncode == 1 and r.stdout == "" and "no message for 5.0 s" in r.stderr,
     ),
     "health": (
-        lambda s, _: ["health", "--endpoint", s.endpoint, "--timeout", "8"],
+        lambda s, _: ["health", "--endpoint", s.endpoint, "--timeout", "5"],
         lambda r: r.returncode == 0 and "healthy" in r.stdout,
         lambda r: r.returncode == 1 and "the CURVE handshake failed (unknown_key" in r.stderr,
     ),
