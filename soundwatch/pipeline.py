@@ -525,6 +525,7 @@ class Pipeline:
         self._last_outputs: dict[int, dict[frozenset[str], tuple[np.ndarray, np.ndarray]]] = {}
         self.queue = WindowQueue(max_pending_windows)
         self._live_bound = pending_bound(self.series, max_pending_windows, max_pending_seconds)
+        self._max_window_age = max_window_age
         for state in self.streams:
             if not state.block_when_full:  # a source that waits loses nothing: no need
                 self.queue.set_limit(state, self._live_bound)
@@ -583,6 +584,8 @@ class Pipeline:
             state = StreamState(source, self.series, self._on_frames)
             if not state.block_when_full:
                 self.queue.set_limit(state, self._live_bound)
+                if self._max_window_age is not None:  # past capacity: latency stays bounded
+                    self.queue.set_max_age(state, self._max_window_age)
             for old in current:  # an ended stream of the same id: its successor replaces it
                 self.streams.remove(old)
             self.streams.append(state)
