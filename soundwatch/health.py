@@ -37,7 +37,7 @@ from soundwatch.sinks.messages import Status
 DEFAULT_TIMEOUT = 15.0  # seconds: two heartbeats at the default 5 s interval, and margin
 DEFAULT_MAX_AGE = 30.0  # seconds since the last tagged window's audio ended
 DEFAULT_MAX_DROP = 0.05  # fraction of windows or samples lost between two heartbeats
-DEFAULT_MAX_LOST = 10.0  # seconds a stream's device may be lost (being reopened)
+DEFAULT_MAX_LOST = 30.0  # seconds a stream's device may be lost (being reopened): as max_age
 DEFAULT_MAX_FAILURES = 1  # failed forward passes allowed between two heartbeats
 
 

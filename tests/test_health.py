@@ -144,9 +144,9 @@ CASES = [
     ),
     (
         "device lost too long",
-        [[status(windows_tagged=10, device_lost=1, device_losses=3, device_lost_seconds=25)]],
+        [[status(windows_tagged=10, device_lost=1, device_losses=3, device_lost_seconds=45)]],
         False,
-        "its device has been lost for 25 s (limit 10 s; 3 loss(es) so far)",
+        "its device has been lost for 45 s (limit 30 s; 3 loss(es) so far)",
     ),
     (
         "device back",
