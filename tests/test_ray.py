@@ -8,6 +8,7 @@ real files with the real mn04 checkpoint and writing JSON lines that the tests r
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -342,3 +343,27 @@ def test_two_edges_through_serve_on_ray_match_one_local_run(
     assert status["backend"].startswith("ray:")
     assert status["inference"]["engine_replicas"] == 2
     assert status["counters"]["windows_failed"] == status["counters"]["windows_dropped"] == 0
+
+
+def test_inference_config_places_replicas_and_refuses_bad_values() -> None:
+    """Fixed replicas or autoscaling bounds become Serve's options; bad values name the key."""
+    from soundwatch.config import parse_config
+    from soundwatch.errors import SoundwatchError
+    from soundwatch.scale.engine import deployment_options
+
+    fixed = parse_config({"inference": {"engine": "ray", "replicas": 3, "num_gpus": 0.5}})
+    options = deployment_options(fixed.inference)
+    assert options["num_replicas"] == 3 and "autoscaling_config" not in options
+    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    scaled = parse_config({"inference": {"replicas": {"min": 1, "max": 4}}}).inference
+    autoscaling = deployment_options(scaled)["autoscaling_config"]
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 4)
+    assert autoscaling["target_ongoing_requests"] == scaled.target_ongoing_requests
+    for bad, named in (
+        ({"replicas": {"min": 5, "max": 2}}, "min (5) is above max (2)"),
+        ({"replicas": 0}, "replicas must be at least 1"),
+        ({"ray_address": "my cluster"}, "is not a Ray address"),
+        ({"engine": "spark"}, "inference.engine"),
+    ):
+        with pytest.raises(SoundwatchError, match=re.escape(named)):
+            parse_config({"inference": bad})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from soundwatch.validation import StrictModel
 
@@ -41,9 +41,17 @@ class InferenceConfig(StrictModel):
     timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)  # per request, then retried
     start_timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
 
-    @field_validator("replicas")
+    @field_validator("replicas", mode="before")
     @classmethod
-    def _replicas_positive(cls, value: int | ReplicaRange) -> int | ReplicaRange:
+    def _replicas_form(cls, value: object) -> object:
+        """One message for either form (not one per member of the union)."""
+        if isinstance(value, dict):
+            try:
+                return ReplicaRange(**value)
+            except ValidationError as error:
+                raise ValueError("; ".join(e["msg"] for e in error.errors())) from None
+        if isinstance(value, bool) or not isinstance(value, int | ReplicaRange):
+            raise ValueError("use a number of replicas (N >= 1) or autoscaling {min: M, max: N}")
         if isinstance(value, int) and value < 1:
             raise ValueError(f"replicas must be at least 1, got {value}")
         return value
