@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import soundfile as sf
 from conftest import REPO_ROOT, shared_file
 
 from benchmarks.scoring import Collars, LabelledEvent, Score, score_events
+from soundwatch.client import Subscriber
+from soundwatch.config import Config, apply_overrides
 from soundwatch.events import (
     EventsConfig,
     build_settings,
@@ -24,7 +27,9 @@ from soundwatch.events import (
     detected_from_messages,
 )
 from soundwatch.models import InferenceWorker, load_model
-from soundwatch.runner import Tagger, tag_file
+from soundwatch.pipeline import Pipeline
+from soundwatch.runner import Tagger, run_live, tag_file
+from soundwatch.sinks.messages import Event, Status
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +134,71 @@ def test_typing_silence_speech_gives_typing_then_speech(tagger, tmp_path):
     assert typing_event.offset <= speech_event.onset
     assert abs(typing_event.offset - len(typing) / rate) <= 1.0
     assert abs(speech_event.offset - (speech_onset + len(speech) / rate)) <= 1.0
+
+
+def free_endpoint() -> str:
+    import zmq
+
+    socket = zmq.Context.instance().socket(zmq.PUB)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    socket.close(linger=0)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_shutdown_mid_event_publishes_its_end(tagger):
+    # A live run of typing.wav looped (typing never stops) is stopped as soon as the first
+    # event starts: the stop must still publish that event's end, before the final status.
+    endpoint = free_endpoint()
+    config = apply_overrides(
+        Config(),
+        {
+            "sources": [
+                {
+                    "id": "desk",
+                    "spec": f"file:{shared_file('audio/clips/typing.wav')}",
+                    "loop": True,
+                }
+            ],
+            "pipeline.pace": "fast",
+            "publish.endpoints": [endpoint],
+            "publish.wait_for_subscribers": 1,
+            "events.preset": None,
+            "events.groups": {"typing": {"labels": ["Typing", "Computer keyboard"]}},
+        },
+    )
+    received: list = []
+    stopped_at: list[int] = []
+    running: list[Pipeline] = []
+    finished = threading.Event()
+    with Subscriber(endpoint, topics=["events.", "status."]) as subscriber:
+
+        def read() -> None:  # a SUB socket only connects while its thread uses it
+            while (message := subscriber.receive(timeout=2)) is not None or not finished.is_set():
+                if message is None:
+                    continue
+                received.append(message)
+                if isinstance(message, Event) and message.state == "start" and not stopped_at:
+                    stopped_at.append(len(received))
+                    running[0].stop()  # what SIGTERM does
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        run_live(
+            config,
+            tagger=tagger,
+            on_ready=lambda pipeline, _endpoints, _notes: running.append(pipeline),
+            install_signal_handlers=False,
+        )
+        finished.set()
+        reader.join(30)
+    assert stopped_at, "the looped typing must start an event"
+    events = [m for m in received if isinstance(m, Event)]
+    starts = [m.event_id for m in events if m.state == "start"]
+    ends = {m.event_id: m for m in events if m.state == "end"}
+    assert sorted(starts) == sorted(ends), events
+    first = events[0]
+    assert first.state == "start" and first.event_id in ends
+    # The typing was still going: its end came from the shutdown, after the stop.
+    assert received.index(ends[first.event_id]) >= stopped_at[0]
+    assert ends[first.event_id].offset > first.onset
+    assert isinstance(received[-1], Status)
