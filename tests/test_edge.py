@@ -203,9 +203,19 @@ def model_args() -> list[str]:
 
 
 def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[str]) -> None:
-    """float16 and float32 edges -> serve -> subscriber == run on the same files."""
-    from soundwatch.client import Subscriber
+    """float16 and float32 edges -> serve -> subscriber == run on the same files, all over
+    CURVE; an edge without keys is refused."""
+    from soundwatch.client import CurveClient, Subscriber
+    from soundwatch.security.keys import generate_keys
     from soundwatch.sinks.messages import Event, Status, Tags
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    allowed.mkdir()
+    server_key, server_secret = generate_keys(keys, "server")
+    secrets = {}
+    for name in ("n16", "n32", "subscriber"):
+        public, secrets[name] = generate_keys(keys, name)
+        (allowed / public.name).write_bytes(public.read_bytes())
 
     speech = shared_file("audio/clips/speech.wav")
     bell = shared_file("audio/clips/audioset_R9_ZSCveAHg_speech_bell.wav")
@@ -222,12 +232,20 @@ def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[
     serve_log = tmp_path / "serve.log"
     server = _soundwatch(
         "serve", "--listen", f"tcp://127.0.0.1:{port}", "--publish", publish,
-        "--wait-for-subscribers", "1", *model_args, log=serve_log,
+        "--wait-for-subscribers", "1", "--curve-secret", str(server_secret),
+        "--curve-allow", str(allowed), *model_args, log=serve_log,
     )  # fmt: skip
     edges: list[subprocess.Popen] = []
+    refused: list[subprocess.Popen] = []
     try:
-        with Subscriber(publish) as subscriber:
+        curve = CurveClient(secrets["subscriber"], server_key)
+        with Subscriber(publish, curve=curve) as subscriber:
             _wait_for(lambda: "listening for edges" in serve_log.read_text(), "serve")
+            plain = _soundwatch(  # no keys: refused, its stream never appears
+                "edge", "--source", f"speech=file:{speech}", "--pace", "fast",
+                "--to", f"tcp://127.0.0.1:{port}", "--id", "plain", log=tmp_path / "plain.log",
+            )  # fmt: skip
+            refused.append(plain)
             for node, spec, encoding in (("n16", speech, "float16"), ("n32", bell, "float32")):
                 name = "speech" if spec == speech else "bell"
                 edges.append(
@@ -243,6 +261,10 @@ def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[
                         node,
                         "--encoding",
                         encoding,
+                        "--curve-secret",
+                        str(secrets[node]),
+                        "--curve-server",
+                        str(server_key),
                         log=tmp_path / f"{node}.log",
                     )
                 )
@@ -259,10 +281,14 @@ def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[
                     ended.add(message.stream)
         for edge, node in zip(edges, ("n16", "n32"), strict=True):
             assert edge.wait(timeout=60) == 0, (tmp_path / f"{node}.log").read_text()
+        assert plain.poll() is None  # still waiting for an ack that never comes
+        assert not any(m.stream.startswith("plain") for m in got)
+        assert "plaintext" in serve_log.read_text() or "hung up" in serve_log.read_text()
     finally:
-        for edge in edges:
+        for edge in [*edges, *refused]:
             if edge.poll() is None:
                 edge.kill()
+                edge.wait(timeout=30)
         _stop(server, serve_log)
 
     for ours, theirs, tolerance in (
