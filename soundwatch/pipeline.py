@@ -515,6 +515,7 @@ class Pipeline:
         self._fed: list[StreamState] = []  # streams added by add_stream, fed from outside
         self._fed_lock = threading.Lock()  # add/feed/end of fed streams; closing them all
         self._fed_closed = False
+        self._fed_done: set[int] = set()  # id() of added streams already ended (end_stream)
         self.infer = infer
         self.handlers = list(handlers)
         self.max_batch = max_batch
@@ -579,7 +580,10 @@ class Pipeline:
             if self._fed_closed:
                 return None
             current = [state for state in self.streams if state.id == source.id]
-            if any(not state.ended for state in current):
+            if any(
+                state in self._fed or (id(state) not in self._fed_done and not state.ended)
+                for state in current
+            ):
                 raise SoundwatchError(f"stream id {source.id!r} is already running")
             state = StreamState(source, self.series, self._on_frames)
             if not state.block_when_full:
@@ -609,6 +613,7 @@ class Pipeline:
         with self._fed_lock:
             if state in self._fed:
                 self._fed.remove(state)
+                self._fed_done.add(id(state))
                 self._finish_stream(state)
 
     def _close_fed_streams(self) -> None:

@@ -217,7 +217,10 @@ class EdgeServer:
                         parts = self._socket.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(parts)
+                    try:
+                        self._handle(parts)
+                    except Exception:  # a bug must not silence every edge: log, go on
+                        log.exception("edge listener: handling a message failed; going on")
                     if self._stop.is_set():
                         return
             now = time.monotonic()
