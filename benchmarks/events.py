@@ -219,10 +219,7 @@ def calibrated(table: np.ndarray, steps: Steps, truth: Truth) -> np.ndarray:
 # --- calibrated group scores ------------------------------------------------------------
 CALIBRATION_L2 = 1.0  # ridge penalty on the standardised weights of each group's logistic
 POSITIVE_OVERLAP = 0.5  # a window is a positive of a sound holding min(1 s, this x its length)
-PROBABILITY_GRID = np.array(
-    [*(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5), *(0.55, 0.6, 0.65, 0.7, 0.75)],
-    dtype=np.float32,
-)
+PROBABILITY_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2).astype(np.float32)
 
 
 def window_targets(w: Windows, events: list[LabelledEvent], names: list[str]) -> np.ndarray:
@@ -573,6 +570,13 @@ def main() -> None:
                 tune_per_group(table),
                 calibrated(data.table(settings), data.steps, data.truth),
             ).astype(np.float32),
+            calibrate=learn,
+            grid=PROBABILITY_GRID,
+        ),
+        Method(
+            "calibrated scores + per step only the best calibrated group (not kept)",
+            shared_on_calibrated,
+            compete([list(np.flatnonzero(has_truth(sets["A"].table(settings))))]),
             calibrate=learn,
             grid=PROBABILITY_GRID,
         ),

@@ -136,12 +136,42 @@ def test_esc50_preset_has_50_groups_that_resolve(audioset):
     groups = resolve_groups(preset, labels.names, labels.mids)
     by_name = {g.name: [labels.names[i] for i in g.indices] for g in groups}
     assert by_name["dog"][:2] == ["Dog", "Bark"]
+    # The groups tuned on scenes are calibrated: one weight per class, in label order.
+    calibrated = [g for g in groups if g.weights is not None]
+    assert len(calibrated) >= 20
+    for g in calibrated:
+        assert len(g.weights) == len(g.indices) == len(preset[g.name].labels)
+
+
+def test_duplicate_classes_in_a_calibrated_group_are_refused(audioset):
+    labels, _ = audioset
+    mid = labels.mids[labels.names.index("Dog")]
+    spec = {"dog": GroupConfig(labels=["Dog", mid], weights=[1.0, 1.0], bias=0.0)}
+    with pytest.raises(SoundwatchError, match="listed twice"):
+        resolve_groups(spec, labels.names, labels.mids)
 
 
 def test_group_scores_take_the_max_of_their_classes():
     probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32)
     scores = group_scores(probs, [Group("a", (0, 2)), Group("b", (1,))])
     np.testing.assert_array_equal(scores, np.float32([[0.2, 0.7], [0.5, 0.1]]))
+
+
+def test_calibrated_group_scores_are_the_logistic_of_weighted_logits():
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.0]], dtype=np.float32)
+    groups = [Group("a", (0, 2), weights=(2.0, -1.0), bias=0.5), Group("b", (1,))]
+
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return float(np.log(p / (1 - p)))
+
+    expected = [
+        [1 / (1 + np.exp(-(0.5 + 2 * logit(p[0]) - logit(p[2])))), p[1]] for p in probs.tolist()
+    ]
+    scores = group_scores(probs, groups)
+    np.testing.assert_allclose(scores, np.float32(expected), rtol=1e-6)
+    # A silent class (probability 0) gives a finite score, not nan.
+    assert np.isfinite(scores).all() and scores[1, 0] > 0.99
 
 
 @pytest.mark.parametrize(
@@ -155,6 +185,22 @@ def test_group_scores_take_the_max_of_their_classes():
         ({"agreement": 0}, "greater than 0"),
         ({"smoothing": {"method": "gauss"}}, "events.smoothing.method"),
         ({"preset": "urbansound"}, "events.preset"),
+        (
+            {"groups": {"dog": {"labels": ["Dog"], "weights": [1.0]}}},
+            "weights and bias go together",
+        ),
+        (
+            {"groups": {"dog": {"labels": ["Dog", "Bark"], "weights": [1.0], "bias": 0}}},
+            "one weight per label",
+        ),
+        (
+            {"groups": {"dog": {"subtrees": ["Dog"], "weights": [], "bias": 0}}},
+            "not subtrees",
+        ),
+        (
+            {"groups": {"dog": {"labels": ["Dog"], "weights": [float("nan")], "bias": 0}}},
+            r"events\.groups\.dog\.weights\[0\]: Input should be a finite number",
+        ),
         ("yes", r"events: Input should be a valid dictionary"),
     ],
 )
@@ -268,7 +314,8 @@ def test_streaming_detector_equals_offline(
         max_gap=max_gap,
         groups={"ab": GroupConfig(labels=["a", "b"], threshold_on=0.7)},
     )
-    groups = [Group("ab", (0, 1)), Group("c", (2,)), Group("d", (3,))]
+    # "ab" pools by max, "cd" is calibrated (a logistic of its classes' logits).
+    groups = [Group("ab", (0, 1)), Group("cd", (2, 3), weights=(0.8, 0.4), bias=0.3)]
     s = DetectorSettings.from_config(config, groups)
     starts = np.array([a for a, _, _ in placement])
     stops = np.array([b for _, b, _ in placement])
