@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -200,21 +201,31 @@ def test_a_replica_killed_mid_run_is_survived_and_losses_counted(
     )
 
 
-def test_a_replica_no_node_can_hold_is_refused_naming_the_fix(
-    ray_cluster: str, tmp_path: Path
-) -> None:
+def test_ray_start_up_problems_are_refused_naming_the_fix(ray_cluster: str, tmp_path: Path) -> None:
+    """A replica no node can hold (Serve would wait forever) and an address where nothing
+    answers (Ray would retry for minutes): one line each, naming the fix."""
     config = tmp_path / "gpu.yaml"
     config.write_text("inference:\n  engine: ray\n  num_gpus: 1\n")
-    command = run_command(
-        tmp_path / "gpu.jsonl",
-        [f"file:{shared_file(CLIPS[0])}"],
-        *("--config", str(config), "--ray-address", ray_cluster),
-    )
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert "no node of the Ray cluster can hold a replica of 1 CPU and 1 GPU" in result.stderr
-    assert "inference.num_gpus" in result.stderr
-    assert "Traceback" not in result.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens once the socket is closed
+    for extra, message, fix in (
+        (
+            ("--config", str(config), "--ray-address", ray_cluster),
+            "no node of the Ray cluster can hold a replica of 1 CPU and 1 GPU",
+            "inference.num_gpus",
+        ),
+        (
+            ("--engine", "ray", "--ray-address", f"127.0.0.1:{closed_port}"),
+            f"nothing answers at the Ray address 127.0.0.1:{closed_port}",
+            "ray start --head",
+        ),
+    ):
+        command = run_command(tmp_path / "refused.jsonl", [f"file:{shared_file(CLIPS[0])}"], *extra)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert message in result.stderr and fix in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_engine_passes_across_a_replica_kill_lose_nothing_and_keep_their_order(
@@ -276,7 +287,6 @@ def test_two_edges_through_serve_on_ray_match_one_local_run(
     == a single-process ``run`` on the same files, within the edge's float16 tolerance
     (docs/edge.md), events the same."""
     import signal
-    import socket
 
     from test_edge import FLOAT16_TOLERANCE
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between polls of the deployment's running replicas (for chunking and status).
 REPLICA_POLL_S = 1.0
+#: Seconds to reach a cluster address before saying nothing answers there.
+CONNECT_TIMEOUT_S = 5.0
 
 
 _ENGINES = itertools.count(1)
@@ -72,9 +74,11 @@ def connect(address: str) -> bool | None:
         "include_dashboard": False,
         "configure_logging": False,
     }
+    if address not in ("local", "auto"):
+        check_reachable(address)
     try:
-        if address == "local":
-            ray.init(**kwargs)
+        if address == "local":  # always a new Ray of its own, never one found running
+            ray.init(address="local", **kwargs)
             return True
         ray.init(address=address, **kwargs)
         return False
@@ -84,6 +88,20 @@ def connect(address: str) -> bool | None:
             f"cannot connect to {where} ({type(error).__name__}: {error}); start one with "
             "`ray start --head` (workers: `ray start --address HEAD:6379`), pass its address "
             "with --ray-address HOST:PORT, or use --ray-address local to start Ray here"
+        ) from None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once when nothing listens at a cluster address (``ray.init`` would retry
+    for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as error:
+        raise SoundwatchError(
+            f"nothing answers at the Ray address {address} ({error}); start the head there "
+            "with `ray start --head --port PORT`, check the host and port (`ray status` on "
+            "the head prints them), or use --ray-address local to start Ray here"
         ) from None
 
 
