@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import soundfile
 
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.errors import SoundwatchError
@@ -68,7 +69,6 @@ def _run_file(path: str) -> list:
 
 
 def test_fed_frames_give_the_windows_audio_gives(tmp_path) -> None:
-    soundfile = pytest.importorskip("soundfile")
     audio = _audio(3.37)
     path = tmp_path / "a.wav"
     soundfile.write(path, audio, 32000, subtype="FLOAT")
