@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,31 @@ def _audio(blocks: list[AudioBlock]) -> bool:
     return bool(blocks)
 
 
+def _live(source: MicrophoneSource, stretch: float = 0.5) -> Callable[[list[AudioBlock]], bool]:
+    """The device delivers audio at real-time pace and none is being skipped.
+
+    The harness's feeder blocks while nobody records (its FIFO is full) and, once a stream
+    opens, writes the audio it owes at once: more audio than real time, which the source
+    skips as a clock resync until the real clock has caught up. What is played before that is
+    over would be skipped with it; what is played once over ``stretch`` s of wall time the
+    device delivered at most 1.25 times that much audio and skipped none is recorded.
+    """
+    history: list[tuple[float, int, int]] = []
+
+    def done(blocks: list[AudioBlock]) -> bool:
+        now, stats = time.monotonic(), source.stats()
+        history.append((now, stats.samples_in, stats.clock_skipped_samples))
+        older = [h for h in history if now - h[0] >= stretch]
+        if not blocks or not older:
+            return False
+        then, samples_in, skipped = older[-1]
+        delivered = stats.samples_in - samples_in
+        paced = delivered <= 1.25 * (now - then) * source.native_rate
+        return paced and stats.clock_skipped_samples == skipped
+
+    return done
+
+
 def _captured_until(t: float) -> Callable[[list[AudioBlock]], bool]:
     """The blocks reach capture time ``t`` (Unix seconds)."""
     return lambda blocks: bool(blocks) and blocks[-1].t_end >= t
@@ -87,7 +113,7 @@ def test_records_what_the_virtual_microphone_plays(pulse):
     assert source.describe()["device"] == "pulse" and source.native_rate == 48000
     source.start()
     try:
-        _record_until(source, _audio)  # the stream runs: what is played now is recorded
+        _record_until(source, _live(source))  # the stream runs: what is played is recorded
         played = _play(pulse, np.zeros(FEED_RATE // 4), chirp, tone)
         blocks = _record_until(source, _captured_until(played + 0.5))
         stats = source.stats()
@@ -117,12 +143,14 @@ def test_device_loss_is_survived_with_a_counted_restart(pulse, caplog):
     source = open_source("mic", f"mic:{pulse.device}")
     source.start()
     try:
-        before = _record_until(source, _audio)
+        blocks = _record_until(source, _live(source))
+        killed = len(blocks)
         with caplog.at_level("WARNING", logger="soundwatch.stream.microphone"):
             pulse.kill_daemon()
-            _record_until(source, lambda _: "lost" in caplog.text)
+            blocks += _record_until(source, lambda _: "lost" in caplog.text)
             pulse.restart_daemon()
-            _record_until(source, lambda _: source.stats().restarts >= 1)
+            blocks += _record_until(source, lambda _: source.stats().restarts >= 1)
+            blocks += _record_until(source, _live(source))
             tone = 0.5 * np.sin(2 * np.pi * 1500.0 * np.arange(FEED_RATE) / FEED_RATE)
             played = _play(pulse, tone)
             after = _record_until(source, _captured_until(played + 0.5))
@@ -131,7 +159,12 @@ def test_device_loss_is_survived_with_a_counted_restart(pulse, caplog):
         source.stop()
     assert "'pulse'" in caplog.text and "lost" in caplog.text
     assert stats.gaps >= 1
-    assert after and after[0].t_start > before[-1].t_end
+    # the reopened device's audio starts a new segment, later than all before it (segments
+    # that only skipped audio beyond real time run on in time); times never go backwards
+    timeline = blocks[killed - 1 :] + after
+    pairs = list(itertools.pairwise(timeline))
+    assert any(b.new_segment and b.t_start > a.t_end for a, b in pairs)
+    assert all(b.t_start >= a.t_end - 1e-5 for a, b in pairs)
     recorded = np.concatenate([b.samples for b in after])
     spectrum = np.abs(np.fft.rfft(recorded))
     assert abs(np.argmax(spectrum) * 32000 / len(recorded) - 1500.0) <= 4
@@ -154,6 +187,7 @@ def test_a_device_that_vanishes_and_comes_back_is_found_again(pulse, caplog):
             assert source.stats().restarts == 0
             pulse.restart_daemon()
             _record_until(source, lambda _: source.stats().restarts >= 1)
+            _record_until(source, _live(source))
             tone = 0.5 * np.sin(2 * np.pi * 700.0 * np.arange(FEED_RATE) / FEED_RATE)
             played = _play(pulse, tone)
             after = _record_until(source, _captured_until(played + 0.5))
@@ -267,3 +301,93 @@ def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
     assert starts[0][0] == pytest.approx(t0 + 0.001, abs=1e-9)  # first callback anchors
     assert any(s == pytest.approx(t0 + 1.060, abs=1e-6) for s, _ in starts)  # after the jump
     assert any(s == pytest.approx(t0 + 1.073, abs=1e-6) for s, _ in starts)  # after overflow
+
+
+def test_capture_times_follow_the_real_clock_across_a_burst_and_a_reopen(pulse):
+    """A backlog handed over at once (5 s written straight into the pipe source's FIFO, on
+    top of the feeder's real-time audio) and a reopened device: no block is stamped later
+    than the real clock by more than the tolerance and a block, times never go backwards,
+    the audio beyond real time is skipped and counted, and each new segment is counted."""
+    source = MicrophoneSource("mic", pulse.device, samplerate=48000)
+    reads: list[tuple[float, AudioBlock]] = []  # (Unix time just after the read, block)
+
+    def record(done: Callable[[list[AudioBlock]], bool]) -> None:
+        blocks: list[AudioBlock] = []
+        deadline = time.monotonic() + 30.0
+        while not done(blocks):
+            assert time.monotonic() < deadline, "the condition was not reached in time"
+            block = source.read(0.05)
+            if block is not None:
+                blocks.append(block)
+                reads.append((time.time(), block))
+
+    burst_seconds = 5.0
+    burst = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(int(burst_seconds * FEED_RATE)) / FEED_RATE)
+    source.start()
+    try:
+        record(_live(source))
+        fifo = os.open(pulse.fifo, os.O_WRONLY)  # the daemon reads it while the stream records
+        try:
+            os.write(fifo, (burst * 32767).astype("<i2").tobytes())
+        finally:
+            os.close(fifo)
+        record(lambda _: source.stats().clock_resyncs >= 1)
+        record(_live(source))
+        before_loss = len(reads)
+        pulse.restart_daemon()  # the device is lost and comes back: a new PortAudio stream
+        record(lambda _: source.stats().restarts >= 1)
+        record(_live(source))
+        stats = source.stats()
+    finally:
+        source.stop()
+    bound = source.GAP_TOLERANCE_SECONDS + source.blocksize / source.native_rate + 0.005
+    for wall, block in reads:  # a block cannot be captured after it was read
+        assert block.t_end <= wall + bound, f"stamped {block.t_end - wall:+.3f} s ahead"
+    for (_, a), (_, b) in itertools.pairwise(reads):
+        assert b.t_start >= a.t_end - 1e-5, "capture times went backwards"
+        if not b.new_segment:
+            assert b.t_start == pytest.approx(a.t_end, abs=1e-5)
+    # the live audio after the reopen is anchored afresh (reading lags it a little under load)
+    assert reads[-1][1].t_end > reads[-1][0] - 3.0
+    assert any(b.new_segment for _, b in reads[before_loss:])
+    assert stats.clock_resyncs >= 1 and stats.restarts == 1 and stats.gaps >= 1
+    assert stats.clock_skipped_samples >= 1.0 * source.native_rate  # most of the 5 s burst
+    breaks = sum(b.new_segment for _, b in reads)
+    assert 2 <= breaks <= stats.gaps + stats.clock_resyncs
+
+
+def test_callback_skips_audio_beyond_the_real_clock(pulse):
+    """Drive the real callback: 2 s of audio delivered at once (ADC times of now) cannot all
+    have been captured by now; what would end later than the clock plus the tolerance is
+    skipped until the clock catches up, then the time runs on in a new segment (no gap). A
+    re-anchor after an overflow never goes back before what was stamped."""
+    from types import SimpleNamespace
+
+    source = MicrophoneSource("mic", "pulse", samplerate=48000, blocksize=480)
+    ok = SimpleNamespace(input_overflow=False)
+    frames = np.zeros((480, 1), dtype=np.float32)
+    start = time.time()
+    for _ in range(200):  # 2 s of audio, delivered in a moment
+        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=time.time()), ok)
+    stats = source.stats()
+    assert stats.clock_resyncs == 1 and stats.gaps == 0 and stats.samples_in == 200 * 480
+    produced = stats.samples_in - stats.clock_skipped_samples
+    assert 0 < produced / 48000 <= source.GAP_TOLERANCE_SECONDS + 0.01 + (time.time() - start)
+    while True:  # skipped until the clock has caught up with the next block's end
+        assert time.time() < start + 10.0, "the skip did not end"
+        skipped = source.stats().clock_skipped_samples
+        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=time.time()), ok)
+        if source.stats().clock_skipped_samples == skipped:
+            break
+    assert time.time() >= start + (produced + 480) / 48000
+    overflow = SimpleNamespace(input_overflow=True)  # stamped early: anchored at the last end
+    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=start - 5.0), overflow)
+    stats = source.stats()
+    assert stats.clock_resyncs == 1 and stats.gaps == 1 and stats.overflows == 1
+    blocks = []
+    while (block := source.read(0)) is not None:
+        blocks.append(block)
+    assert blocks[-1].t_end <= time.time() + source.GAP_TOLERANCE_SECONDS + 0.01
+    for a, b in itertools.pairwise(blocks):
+        assert b.t_start == pytest.approx(a.t_end, abs=1e-5)  # time runs on, never back
+    assert sum(b.new_segment for b in blocks) == stats.gaps + stats.clock_resyncs == 2

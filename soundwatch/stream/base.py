@@ -64,6 +64,11 @@ class SourceStats:
     * ``device_lost``: 1 while the device is lost and being reopened, else 0; and
       ``device_lost_seconds``: for how long, in whole seconds (states, not counts: the
       fields here that go down again).
+    * ``clock_resyncs``: times the device delivered more audio than real time (a backlog
+      handed over at once, a fast device clock) so that the capture times would have run
+      ahead of the real clock: the audio past it was skipped until the clock caught up, and
+      the next block starts a new segment (its time follows on; not a gap). And
+      ``clock_skipped_samples``: the native-rate frames skipped so (in ``samples_in``).
     """
 
     overflows: int = 0
@@ -75,6 +80,8 @@ class SourceStats:
     device_losses: int = 0
     device_lost: int = 0
     device_lost_seconds: int = 0
+    clock_resyncs: int = 0
+    clock_skipped_samples: int = 0
 
 
 class Source(ABC):
@@ -163,6 +170,9 @@ class RingSource(Source):
         self._dropped = 0
         self._gaps = 0
         self._samples_in = 0
+        self._marker_is_gap = True  # the pending marker follows lost audio (counted in gaps)
+        self._clock_resyncs = 0
+        self._clock_skipped = 0
         # Written by the supervising thread only.
         self._restarts = 0
         self._device_losses = 0
@@ -176,8 +186,13 @@ class RingSource(Source):
         self._finished = False
 
     # ---------------------------------------------------------------- producer side
-    def _mark_discontinuity(self) -> None:
-        """The next produced frame does not follow the previous one in time."""
+    def _mark_discontinuity(self, gap: bool = True) -> None:
+        """The next produced frame does not follow the previous one: a new segment.
+
+        ``gap``: audio was lost in between (counted in ``gaps``); False when the time runs
+        on and only the audio does not (a clock resync skipped audio beyond real time).
+        """
+        self._marker_is_gap = gap or (self._need_marker and self._marker_is_gap)
         self._need_marker = True
 
     def _produce(self, frames: np.ndarray, t_first: float) -> None:
@@ -188,8 +203,9 @@ class RingSource(Source):
             if not self._ring.push_marker(t_first):
                 self._overruns += 1
                 self._dropped += n
+                self._marker_is_gap = True
                 return
-            if self._had_segment:
+            if self._had_segment and self._marker_is_gap:
                 self._gaps += 1
             self._had_segment = True
             self._need_marker = False
@@ -197,7 +213,7 @@ class RingSource(Source):
         if written < n:
             self._overruns += 1
             self._dropped += n - written
-            self._need_marker = True
+            self._mark_discontinuity()
 
     # ---------------------------------------------------------------- consumer side
     def read(self, timeout: float) -> AudioBlock | None:
@@ -230,6 +246,8 @@ class RingSource(Source):
             device_losses=self._device_losses,
             device_lost=int(lost_since is not None),
             device_lost_seconds=int(lost_for),
+            clock_resyncs=self._clock_resyncs,
+            clock_skipped_samples=self._clock_skipped,
         )
 
     def _flush_segment(self) -> None:

@@ -13,10 +13,23 @@ Timestamps: at open, the offset between PortAudio's stream clock and Unix time i
 each callback's ``inputBufferAdcTime`` (or, when PortAudio reports none, ``time.time()`` minus
 the buffer's duration) gives the capture time of its first frame. Blocks are stamped from a
 frame counter (anchor time + frames since anchor / rate) so consecutive blocks are exactly
-contiguous; when a callback's own time is later than the counter's by more than the tolerance
-(lost samples, a stalled device, clock drift beyond it) or PortAudio reports an overflow, the
-timeline is re-anchored there and a gap is counted. Bursts (callback time earlier than the
-counter's) keep the timeline: no sample was lost.
+contiguous, and the counter is held to the real clock both ways:
+
+* behind: when a callback's own time is later than the counter's by more than the tolerance
+  (lost samples, a stalled device, clock drift beyond it) or PortAudio reports an overflow,
+  the timeline is re-anchored there and a gap is counted;
+* ahead: a frame cannot be delivered before it was captured, so when a block would end
+  later than the wall clock at its callback by more than the tolerance, the device delivered
+  more audio than real time (a sound server's backlog handed over at once, a fast device
+  clock). That audio is skipped until the clock has caught up with the counter (then the
+  next block would not end in the future): ``clock_resyncs`` and ``clock_skipped_samples``
+  count it, and the next block starts a new segment whose time follows on (not a gap).
+  Stamps therefore never run ahead of the real clock by more than the tolerance and a
+  block.
+
+A new anchor (a gap, a reopened device) is never earlier than the end of what was already
+stamped: capture times only go forward within a source. Callbacks stamped early (a burst of
+buffered audio with its earlier ADC time) keep the timeline: no sample was lost.
 """
 
 from __future__ import annotations
@@ -50,6 +63,8 @@ class MicrophoneSource(RingSource):
     #: were lost: a discontinuity (at least; four callback periods when they are longer).
     #: A callback time *earlier* than the counter's is never a gap: sound servers deliver
     #: buffered audio in bursts (PulseAudio: 0.26 s to 1 s seen here) without losing any.
+    #: A block ending later than the wall clock by more than this is audio beyond real time
+    #: (skipped until the clock catches up: a clock resync).
     GAP_TOLERANCE_SECONDS = 0.5
     #: Reopen attempts wait this long at first, doubling up to ``MAX_BACKOFF_SECONDS``.
     FIRST_BACKOFF_SECONDS = 0.25
@@ -88,7 +103,9 @@ class MicrophoneSource(RingSource):
         self._anchor_time = 0.0
         self._anchor_frame = 0
         self._anchored = False
-        self._captured = 0  # frames delivered by the current stream
+        self._captured = 0  # frames of the current stream on its timeline (not skipped ones)
+        self._skipping = False  # skipping audio beyond real time until the clock catches up
+        self._stamped_until = 0.0  # Unix time just after the last produced frame
         self._last_callback = time.monotonic()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -147,26 +164,38 @@ class MicrophoneSource(RingSource):
 
     # ---------------------------------------------------------------- PortAudio side
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
-        """PortAudio thread: copy into the ring and count; nothing else."""
+        """PortAudio thread: stamp, copy into the ring and count; nothing else."""
+        now = time.time()
         self._last_callback = time.monotonic()
         overflow = bool(status.input_overflow)
         if overflow:
             self._overflows += 1
+        rate = self.native_rate
         adc = time_info.inputBufferAdcTime
-        if adc > 0:
-            t_callback = adc + self._clock_offset
-        else:
-            t_callback = time.time() - frames / self.native_rate
+        t_callback = adc + self._clock_offset if adc > 0 else now - frames / rate
         if self._anchored:
-            t_first = self._anchor_time + (self._captured - self._anchor_frame) / self.native_rate
+            t_first = self._anchor_time + (self._captured - self._anchor_frame) / rate
             if overflow or t_callback - t_first > self._tolerance:
                 self._mark_discontinuity()
                 self._anchored = False
-        if not self._anchored:
-            self._anchor_time = t_first = t_callback
+                self._skipping = False
+        if not self._anchored:  # never before what was stamped: times only go forward
+            self._anchor_time = t_first = max(t_callback, self._stamped_until)
             self._anchor_frame = self._captured
             self._anchored = True
+        t_end = t_first + frames / rate
+        ahead = t_end - now
+        if ahead > (0.0 if self._skipping else self._tolerance):  # audio beyond real time
+            if not self._skipping:
+                self._skipping = True
+                self._clock_resyncs += 1
+                self._mark_discontinuity(gap=False)
+            self._clock_skipped += frames
+            self._samples_in += frames
+            return
+        self._skipping = False
         self._captured += frames
+        self._stamped_until = t_end
         self._produce(indata, t_first)
 
     def _finished_callback(self) -> None:
@@ -189,6 +218,7 @@ class MicrophoneSource(RingSource):
             self._clock_offset = time.time() - stream_time if stream_time > 0 else 0.0
             self._stream_finished = False
             self._anchored = False
+            self._skipping = False
             self._captured = 0
             self._mark_discontinuity()
             self._last_callback = time.monotonic()
