@@ -206,7 +206,7 @@ def run_live(
     own_tagger = tagger is None  # closed here (a Ray deployment is deleted)
     tagger = tagger or Tagger.from_config(config)
     warmup_frontend()
-    tagger.worker.warmup(seconds_to_frames(config.windows.window))
+    tagger.worker.warmup(seconds_to_frames(config.windows.window), config.pipeline.max_batch)
     if config.events.enabled and config.events.window != config.windows.window:
         tagger.worker.warmup(seconds_to_frames(config.events.window))
     outputs = build_outputs(config)

@@ -189,6 +189,9 @@ class InferenceWorker:
             probs = torch.sigmoid(logits.float())
         return probs.cpu().numpy(), embedding.float().cpu().numpy()
 
-    def warmup(self, frames: int) -> None:
-        """Run one dummy window of ``frames`` frames (first-call allocations, kernel picks)."""
-        self.infer(np.zeros((1, N_MELS, frames), np.float32))
+    def warmup(self, frames: int, batch: int = 1) -> None:
+        """Run ``batch`` dummy windows of ``frames`` frames (first-call allocations, kernel
+        picks). A live run warms up at its largest batch: ONNX Runtime's memory arena grows
+        to the largest batch it has seen and keeps that, so growing it before the first
+        stream keeps the resident size flat afterwards (docs/performance.md)."""
+        self.infer(np.zeros((batch, N_MELS, frames), np.float32))

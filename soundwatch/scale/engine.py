@@ -248,9 +248,10 @@ class RayEngine:
     def embedding_dim(self) -> int:
         return self.loaded.embedding_dim
 
-    def warmup(self, frames: int) -> None:
-        """One dummy window per running replica (their first-call allocations)."""
-        self.infer(np.zeros((max(1, self.running_replicas), N_MELS, frames), np.float32))
+    def warmup(self, frames: int, batch: int = 1) -> None:
+        """Dummy windows, at least one per running replica (their first-call allocations)."""
+        count = max(batch, self.running_replicas, 1)
+        self.infer(np.zeros((count, N_MELS, frames), np.float32))
 
     def chunks(self, windows: int) -> int:
         """How many requests a batch of ``windows`` becomes: one per running replica at
