@@ -74,8 +74,9 @@ class _Watch:
     Finds where the mic's segments start (audio after a gap): a window off the previous
     window's hop grid and followed by one on its own grid (a lost segment's last window,
     aligned to its end, is off the grid too, but nothing follows it on its grid). This reads
-    only the spacing of the capture times, not the times themselves: after a burst at open
-    they may lead the wall clock by seconds (docs/reliability.md).
+    only the spacing of the capture times, not the times themselves (a clock resync, which
+    skips a backlog the sound server hands over at an open, starts a segment too: whose time
+    runs on; docs/reliability.md).
     """
 
     def __init__(self, subscriber: Subscriber, process: Any) -> None:
