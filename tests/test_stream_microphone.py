@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -94,6 +95,12 @@ def _chirp(seconds: float, f0: float, f1: float) -> np.ndarray:
     t = np.arange(int(seconds * FEED_RATE)) / FEED_RATE
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
     return 0.5 * np.sin(phase)
+
+
+def _time_info(adc: float, current: float = 0.0) -> SimpleNamespace:
+    """PortAudio-shaped callback times (Unix seconds here: the unopened source's offset is 0;
+    0.0 means PortAudio reports none)."""
+    return SimpleNamespace(inputBufferAdcTime=adc, currentTime=current)
 
 
 def _best_alignment(recorded: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
@@ -269,26 +276,24 @@ def test_missing_portaudio_is_explained(monkeypatch):
 
 def test_callback_counts_overflows_and_restamps_after_time_jumps(pulse):
     """Drive the real callback with PortAudio-shaped time info (no stream needed)."""
-    from types import SimpleNamespace
-
     source = MicrophoneSource("mic", "pulse", samplerate=48000, blocksize=480)
     ok = SimpleNamespace(input_overflow=False)
     frames = np.zeros((480, 1), dtype=np.float32)
     t0 = time.time() - 1.07  # the simulated timeline below ends about now
     adc = t0
     for _ in range(5):  # regular callbacks, slightly jittered ADC times
-        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc + 0.001), ok)
+        source._callback(frames, 480, _time_info(adc + 0.001), ok)
         adc += 0.01
     # a burst: the sound server hands over buffered audio stamped 0.8 s early; nothing lost
-    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc - 0.8), ok)
+    source._callback(frames, 480, _time_info(adc - 0.8), ok)
     adc += 0.01
     adc += 1.0  # one second of audio never arrived
-    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc), ok)
+    source._callback(frames, 480, _time_info(adc), ok)
     adc += 0.01
     overflow = SimpleNamespace(input_overflow=True)
-    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=adc + 0.003), overflow)
+    source._callback(frames, 480, _time_info(adc + 0.003), overflow)
     # no ADC time: time.time() is used and agrees with the frame counter, so no new gap
-    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=0.0), ok)
+    source._callback(frames, 480, _time_info(0.0), ok)
     stats = source.stats()
     assert (stats.overflows, stats.gaps, stats.samples_in) == (1, 2, 9 * 480)
     starts = []
@@ -361,14 +366,12 @@ def test_callback_skips_audio_beyond_the_real_clock(pulse):
     have been captured by now; what would end later than the clock plus the tolerance is
     skipped until the clock catches up, then the time runs on in a new segment (no gap). A
     re-anchor after an overflow never goes back before what was stamped."""
-    from types import SimpleNamespace
-
     source = MicrophoneSource("mic", "pulse", samplerate=48000, blocksize=480)
     ok = SimpleNamespace(input_overflow=False)
     frames = np.zeros((480, 1), dtype=np.float32)
     start = time.time()
     for _ in range(200):  # 2 s of audio, delivered in a moment
-        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=time.time()), ok)
+        source._callback(frames, 480, _time_info(time.time(), time.time()), ok)
     stats = source.stats()
     assert stats.clock_resyncs == 1 and stats.gaps == 0 and stats.samples_in == 200 * 480
     produced = stats.samples_in - stats.clock_skipped_samples
@@ -376,12 +379,12 @@ def test_callback_skips_audio_beyond_the_real_clock(pulse):
     while True:  # skipped until the clock has caught up with the next block's end
         assert time.time() < start + 10.0, "the skip did not end"
         skipped = source.stats().clock_skipped_samples
-        source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=time.time()), ok)
+        source._callback(frames, 480, _time_info(time.time(), time.time()), ok)
         if source.stats().clock_skipped_samples == skipped:
             break
     assert time.time() >= start + (produced + 480) / 48000
     overflow = SimpleNamespace(input_overflow=True)  # stamped early: anchored at the last end
-    source._callback(frames, 480, SimpleNamespace(inputBufferAdcTime=start - 5.0), overflow)
+    source._callback(frames, 480, _time_info(start - 5.0, time.time()), overflow)
     stats = source.stats()
     assert stats.clock_resyncs == 1 and stats.gaps == 1 and stats.overflows == 1
     blocks = []

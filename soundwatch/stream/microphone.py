@@ -19,7 +19,8 @@ contiguous, and the counter is held to the real clock both ways:
   (lost samples, a stalled device, clock drift beyond it) or PortAudio reports an overflow,
   the timeline is re-anchored there and a gap is counted;
 * ahead: a frame cannot be delivered before it was captured, so when a block would end
-  later than the wall clock at its callback by more than the tolerance, the device delivered
+  later than the callback's own time (``currentTime``, mapped the same way; ``time.time()``
+  when PortAudio reports none) by more than the tolerance, the device delivered
   more audio than real time (a sound server's backlog handed over at once, a fast device
   clock). That audio is skipped until the clock has caught up with the counter (then the
   next block would not end in the future): ``clock_resyncs`` and ``clock_skipped_samples``
@@ -165,12 +166,15 @@ class MicrophoneSource(RingSource):
     # ---------------------------------------------------------------- PortAudio side
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         """PortAudio thread: stamp, copy into the ring and count; nothing else."""
-        now = time.time()
         self._last_callback = time.monotonic()
         overflow = bool(status.input_overflow)
         if overflow:
             self._overflows += 1
         rate = self.native_rate
+        # the stream's clock (monotonic) mapped to Unix time: a step of the system clock
+        # while the stream runs is not audio beyond real time
+        current = time_info.currentTime
+        now = current + self._clock_offset if current > 0 else time.time()
         adc = time_info.inputBufferAdcTime
         t_callback = adc + self._clock_offset if adc > 0 else now - frames / rate
         if self._anchored:
