@@ -10,10 +10,11 @@ outage starts at 0.25 s again); a reopened device counts a restart and, with its
 audio, a gap.
 
 Timestamps: at open, the offset between PortAudio's stream clock and Unix time is measured;
-each callback's ``inputBufferAdcTime`` (or, when PortAudio reports none, ``time.time()`` minus
-the buffer's duration) gives the capture time of its first frame. Blocks are stamped from a
-frame counter (anchor time + frames since anchor / rate) so consecutive blocks are exactly
-contiguous, and the counter is held to the real clock both ways:
+each callback's ``inputBufferAdcTime`` (or, when PortAudio reports none or no stream time,
+``time.time()`` minus the buffer's duration) gives the capture time of its first frame.
+Blocks are stamped from a frame counter (anchor time + frames since anchor / rate) so
+consecutive blocks are exactly contiguous, and the counter is held to the real clock both
+ways:
 
 * behind: when a callback's own time is later than the counter's by more than the tolerance
   (lost samples, a stalled device, clock drift beyond it) or PortAudio reports an overflow,
@@ -101,6 +102,7 @@ class MicrophoneSource(RingSource):
         self._stream: Any = None
         self._stream_finished = False
         self._clock_offset = 0.0
+        self._has_stream_clock = True  # PortAudio's stream time could be mapped to Unix time
         self._anchor_time = 0.0
         self._anchor_frame = 0
         self._anchored = False
@@ -173,10 +175,11 @@ class MicrophoneSource(RingSource):
         rate = self.native_rate
         # the stream's clock (monotonic) mapped to Unix time: a step of the system clock
         # while the stream runs is not audio beyond real time
+        clock = self._has_stream_clock
         current = time_info.currentTime
-        now = current + self._clock_offset if current > 0 else time.time()
+        now = current + self._clock_offset if clock and current > 0 else time.time()
         adc = time_info.inputBufferAdcTime
-        t_callback = adc + self._clock_offset if adc > 0 else now - frames / rate
+        t_callback = adc + self._clock_offset if clock and adc > 0 else now - frames / rate
         if self._anchored:
             t_first = self._anchor_time + (self._captured - self._anchor_frame) / rate
             if overflow or t_callback - t_first > self._tolerance:
@@ -219,6 +222,7 @@ class MicrophoneSource(RingSource):
         PortAudioStreams.opened()
         try:
             stream_time = stream.time
+            self._has_stream_clock = stream_time > 0
             self._clock_offset = time.time() - stream_time if stream_time > 0 else 0.0
             self._stream_finished = False
             self._anchored = False
