@@ -256,3 +256,19 @@ def test_a_json_lines_reader_that_goes_away_stops_the_run_clearly(tmp_path: Path
     with pytest.raises(SoundwatchError, match="closed by its reader \\(broken pipe\\)"):
         output.send(message, b"status.s", b"")
     output.close()  # what could not be written is not retried at close
+
+
+def test_group_scores_in_tags_are_the_detectors_scores_for_calibrated_groups() -> None:
+    """A calibrated group's threshold is on its logistic score: tags must show that score,
+    not the highest class probability, or the dashboard compares apples with pears."""
+    from soundwatch.events.groups import Group, ScoreTable
+
+    groups = [Group("dog", (0, 1)), Group("siren", (2, 3), weights=(1.5, -0.5), bias=-1.0)]
+    table = GroupTable(["dog", "siren"], ScoreTable.of(groups), [0.5, 0.9])
+    probs = np.array([0.2, 0.7, 0.8, 0.1], np.float32)
+    scores = table.scores(probs)
+    logit = np.log(probs / (1 - probs))
+    assert scores["dog"] == pytest.approx(0.7)
+    expected = 1 / (1 + math.exp(-(-1.0 + 1.5 * logit[2] - 0.5 * logit[3])))
+    assert scores["siren"] == pytest.approx(expected, rel=1e-5)
+    assert scores["siren"] != pytest.approx(0.8, abs=1e-3)

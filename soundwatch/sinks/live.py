@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from soundwatch.events.groups import ScoreTable, group_scores
 from soundwatch.results import TAGS, StreamReport, WindowResult
 from soundwatch.sinks.mel import MEL_INTERVAL_S, MelTap
 from soundwatch.sinks.messages import Embedding, Status, Tags
@@ -43,16 +44,19 @@ def labels_digest(labels: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class GroupTable:
-    """The event groups as tags and status carry them: names, member classes (a
-    ``[G, M]`` index table, rows padded by repetition) and each group's ``threshold_on``."""
+    """The event groups as tags and status carry them: names, how each is scored (the
+    detector's :class:`ScoreTable`, or a ``[G, M]`` member index table for max-only groups)
+    and each group's ``threshold_on``."""
 
     names: list[str]
-    members: np.ndarray
+    members: np.ndarray | ScoreTable
     thresholds: list[float]
 
     def scores(self, probs: np.ndarray) -> dict[str, float]:
-        """Each group's score: the highest probability among its classes."""
-        values = probs[self.members].max(axis=-1)
+        """Each group's score as the event detector computes it (the highest probability
+        among its classes, or a calibrated group's logistic score), so it compares with
+        the group's threshold."""
+        values = group_scores(np.asarray(probs), self.members)
         return dict(zip(self.names, values.tolist(), strict=True))
 
 
