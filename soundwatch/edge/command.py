@@ -40,21 +40,8 @@ import click
     help="CURVE: the server's public key",
 )
 @click.option("-v", "--verbose", is_flag=True)
-def edge(
-    config_path: Path | None,
-    sources: tuple[str, ...],
-    to: str | None,
-    node_id: str | None,
-    encoding: str | None,
-    buffer_seconds: float | None,
-    pace: str | None,
-    loop: bool | None,
-    curve_secret: Path | None,
-    curve_server: Path | None,
-    verbose: bool,
-) -> None:
+def edge(**params: Any) -> None:
     """Capture here, compute log-mel frames and send them to a soundwatch serve."""
-    params = dict(locals())
     from soundwatch.cli import user_errors
 
     user_errors(_edge)(**params)
