@@ -86,6 +86,20 @@ BAD_CONFIGS = [
     ({"publish": {"smoothing": {"width": 601}}}, ["publish.smoothing.width", "600"]),
     ({"publish": {"smoothing": {"method": "ema", "span": 1}}}, ["publish.smoothing.span"]),
     ({"publish": {"mel": True}}, ["publish.mel", "'auto'"]),
+    # inference (the engine), serve and edge, activity gating
+    ({"inference": {"engine": "spark"}}, ["inference.engine", "'local' or 'ray'", "spark"]),
+    ({"inference": {"replicas": 0}}, ["inference.replicas", "at least 1"]),
+    ({"inference": {"replicas": {"min": 3, "max": 1}}}, ["inference.replicas", "min <= max"]),
+    ({"inference": {"ray_address": "nowhere"}}, ["inference.ray_address", "HOST:PORT"]),
+    ({"inference": {"num_gpus": -1}}, ["inference.num_gpus", "greater than or equal to 0"]),
+    ({"serve": {"listen": "http://x"}}, ["serve.listen", "http://x", "tcp://HOST:PORT"]),
+    ({"serve": {"silent_after": 0}}, ["serve.silent_after", "greater than or equal to 0.5"]),
+    ({"edge": {"encoding": "int8"}}, ["edge.encoding", "'float16' or 'float32'", "int8"]),
+    ({"edge": {"to": "udp://x"}}, ["edge.to", "udp://x", "tcp://HOST:PORT"]),
+    ({"edge": {"id": "a.b"}}, ["edge.id", "letters, digits, _ and -"]),
+    ({"edge": {"buffer_seconds": 0}}, ["edge.buffer_seconds", "greater than or equal to 1"]),
+    ({"pipeline": {"gate": {"level_db": -1}}}, ["pipeline.gate.level_db", "greater than 0"]),
+    ({"pipeline": {"gate": {"thresh": 1}}}, ["pipeline.gate.thresh", "unknown key"]),
 ]
 
 
