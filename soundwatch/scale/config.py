@@ -53,7 +53,7 @@ class InferenceConfig(StrictModel):
         if isinstance(value, bool) or not isinstance(value, int | ReplicaRange):
             raise ValueError("use a number of replicas (N >= 1) or autoscaling {min: M, max: N}")
         if isinstance(value, int) and value < 1:
-            raise ValueError(f"replicas must be at least 1, got {value}")
+            raise ValueError("replicas must be at least 1 (a number, or min and max)")
         return value
 
     @field_validator("ray_address")
