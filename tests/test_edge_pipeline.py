@@ -134,3 +134,17 @@ def test_new_segment_restarts_the_windows() -> None:
         (20.3, 21.3, True),
     ]
     assert state.counters.resyncs == 1
+
+
+@pytest.mark.parametrize(
+    ("listen", "warned"), [("tcp://127.0.0.1:0", False), ("tcp://0.0.0.0:0", True)]
+)
+def test_a_listener_beyond_loopback_without_curve_is_warned_about(
+    listen: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from soundwatch.edge.server import EdgeServer
+
+    pipeline = Pipeline([], fake_infer, [], window_s=1.0, hop_s=0.5, open_ended=True)
+    with caplog.at_level("WARNING", logger="soundwatch.edge.server"), EdgeServer(listen, pipeline):
+        pass
+    assert any("no CURVE keys" in r.getMessage() for r in caplog.records) is warned

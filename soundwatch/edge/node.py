@@ -49,7 +49,7 @@ from soundwatch.edge.wire import (
     encode_health,
 )
 from soundwatch.errors import SoundwatchError
-from soundwatch.security.curve import CurveClient, client_monitor
+from soundwatch.security.curve import CurveClient, client_monitor, is_loopback_endpoint
 from soundwatch.stream import AudioBlock, Source
 from soundwatch.stream.spec import STREAM_ID
 
@@ -147,6 +147,12 @@ class EdgeNode:
         (then the buffered batches get ``drain_timeout`` s to be acknowledged)."""
         warmup_frontend()
         self._socket.connect(self.config.to)
+        if self._curve is None and not is_loopback_endpoint(self.config.to):
+            log.warning(
+                "sending to %s without CURVE keys: the frames travel in the clear and the "
+                "server cannot tell this edge from another (--curve-secret/--curve-server)",
+                self.config.to,
+            )
         started: list[Source] = []
         try:
             for stream in self.streams:

@@ -39,7 +39,7 @@ from soundwatch.edge.wire import (
 )
 from soundwatch.errors import SoundwatchError
 from soundwatch.pipeline import Pipeline, StreamState
-from soundwatch.security.curve import CurveServer, ServerGuard
+from soundwatch.security.curve import CurveServer, ServerGuard, is_loopback_endpoint
 from soundwatch.stream import AudioBlock, Source, SourceStats
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,13 @@ class EdgeServer:
                 "--listen address (is another serve running?)"
             ) from None
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if curve is None and not is_loopback_endpoint(listen):
+            log.warning(
+                "the edge listener %s is reachable from other machines and has no CURVE "
+                "keys: anyone there can send it streams, and the frames travel in the clear "
+                "(see soundwatch keys generate, --curve-secret/--curve-allow)",
+                listen,
+            )
         self._stop = threading.Event()
         self._malformed_logged_at = float("-inf")
         self._thread = threading.Thread(target=self._run, name="edge-listener", daemon=True)
