@@ -23,7 +23,6 @@ the sources and ZeroMQ only (tests/test_edge.py checks).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import socket
@@ -310,9 +309,10 @@ class EdgeNode:
                     len(stream.buffer),
                 )
             self._send(stream, now)
-        if now >= self._next_health:
+        # Until one goes out (the connection is not up at first), try again every round:
+        # a short run must not end before the server heard the edge's health once.
+        if now >= self._next_health and self._send_health(time.time()):
             self._next_health = now + self.config.health_interval
-            self._send_health(time.time())
 
     def _send(self, stream: _EdgeStream, now: float) -> None:
         base = stream.buffer[0].seq if stream.buffer else stream.next_seq
@@ -369,7 +369,8 @@ class EdgeNode:
         for seq in [seq for seq in stream.sent_at if seq >= missing]:
             del stream.sent_at[seq]
 
-    def _send_health(self, t: float) -> None:
+    def _send_health(self, t: float) -> bool:
+        """Send the node's health; False when it could not go (not connected yet)."""
         streams = {}
         for stream in self.streams:
             counters = {k: int(v) for k, v in vars(stream.source.stats()).items()}
@@ -381,8 +382,11 @@ class EdgeNode:
                 "counters": counters,
             }
         health = Health(node=self.node, epoch=self.epoch, t=t, streams=streams)
-        with contextlib.suppress(zmq.Again):  # not connected: the next one goes when it is
+        try:
             self._socket.send(encode_health(health), zmq.NOBLOCK)
+        except zmq.Again:  # not connected: the next one goes when it is
+            return False
+        return True
 
 
 def _plain(value: object) -> object:
