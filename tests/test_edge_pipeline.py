@@ -13,10 +13,10 @@ import pytest
 import soundfile
 
 from soundwatch.dsp import StreamingLogMel
+from soundwatch.edge.server import EdgeSource
 from soundwatch.errors import SoundwatchError
 from soundwatch.pipeline import Collector, Pipeline
 from soundwatch.stream import open_source
-from soundwatch.stream.base import AudioBlock, Source, SourceStats
 
 
 def fake_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,34 +25,9 @@ def fake_infer(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs.astype(np.float32), np.concatenate([mels[:, :, 0], mels[:, :, -1]], axis=1)
 
 
-class FedSource(Source):
-    """Describes a stream fed from outside; never read."""
-
-    def __init__(self, stream_id: str, waits: bool = True) -> None:
-        self.id, self.native_rate, self.channels, self._waits = stream_id, 32000, 1, waits
-
-    def start(self) -> None:
-        pass
-
-    def read(self, timeout: float) -> AudioBlock | None:
-        return None
-
-    @property
-    def ended(self) -> bool:
-        return False
-
-    @property
-    def waits_when_behind(self) -> bool:
-        return self._waits
-
-    def stats(self) -> SourceStats:
-        return SourceStats()
-
-    def stop(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"kind": "fed"}
+def fed(stream_id: str) -> EdgeSource:
+    """A stream fed from outside, as the edge listener adds them (never read)."""
+    return EdgeSource(stream_id, "node", stream_id, waits=True, listener="test")
 
 
 def _audio(seconds: float) -> np.ndarray:
@@ -81,22 +56,22 @@ def test_fed_frames_give_the_windows_audio_gives(tmp_path) -> None:
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     try:
-        state = pipeline.add_stream(FedSource("a"))
+        state = pipeline.add_stream(fed("a"))
         assert state is not None
         with pytest.raises(SoundwatchError, match="already running"):
-            pipeline.add_stream(FedSource("a"))
+            pipeline.add_stream(fed("a"))
         for start in range(0, frames.shape[1], 7):  # uneven batches
             chunk = frames[:, start : start + 7]
             assert pipeline.feed_stream(state, chunk, 1000.0 + start / 100, new_segment=False)
         pipeline.end_stream(state)
-        again = pipeline.add_stream(FedSource("a"))  # an ended stream's id may return
+        again = pipeline.add_stream(fed("a"))  # an ended stream's id may return
         assert again is not None and again is not state
         pipeline.feed_stream(again, frames[:, :150], 2000.0, new_segment=False)
     finally:
         pipeline.stop()
         runner.join(timeout=30)
     assert not runner.is_alive()
-    assert pipeline.add_stream(FedSource("b")) is None  # stopped: no more streams
+    assert pipeline.add_stream(fed("b")) is None  # stopped: no more streams
 
     first = [r for r in collector.results if r.t_start < 2000.0]
     assert [(r.start_frame, r.stop_frame, r.final) for r in first] == [
@@ -118,7 +93,7 @@ def test_new_segment_restarts_the_windows() -> None:
     runner = threading.Thread(target=pipeline.run)
     runner.start()
     try:
-        state = pipeline.add_stream(FedSource("a", waits=True))
+        state = pipeline.add_stream(fed("a"))
         assert state is not None
         pipeline.feed_stream(state, frames[:, :130], 10.0, new_segment=False)
         pipeline.feed_stream(state, frames[:, 130:], 20.0, new_segment=True)  # after a gap
