@@ -57,7 +57,7 @@ from soundwatch.events import EventsConfig, build_settings, detect_events_offlin
 from soundwatch.events.agreement import aggregate_steps  # noqa: E402
 from soundwatch.events.config import load_preset  # noqa: E402
 from soundwatch.events.detector import DetectorSettings, EventDetector, _span_times  # noqa: E402
-from soundwatch.events.groups import Group, group_scores  # noqa: E402
+from soundwatch.events.groups import Group, group_scores, logit  # noqa: E402
 from soundwatch.events.hysteresis import Thresholds, find_spans  # noqa: E402
 from soundwatch.events.smoothing import smooth  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
@@ -84,7 +84,7 @@ def naive_events(
     w: Windows, settings: DetectorSettings, threshold: float = 0.3
 ) -> list[LabelledEvent]:
     """Runs of windows above ``threshold``: onset = end of the first window - 1 s."""
-    scores = group_scores(w.probs, settings.members)
+    scores = group_scores(w.probs, settings.score_table)
     events = []
     for g, group in enumerate(settings.groups):
         above = np.concatenate([[0], (scores[:, g] > threshold).astype(np.int8), [0]])
@@ -264,11 +264,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, f
     return weights, float(beta[-1] - weights @ mean)
 
 
-def logits(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p) - np.log1p(-p)
-
-
 def learn_calibration(
     windows: dict[str, Windows], truth: Truth, settings: DetectorSettings, groups: np.ndarray
 ) -> DetectorSettings:
@@ -283,7 +278,7 @@ def learn_calibration(
         if not groups[g]:
             continue
         cols = list(group.indices)
-        x = np.vstack([logits(w.probs[:, cols]) for w in windows.values()])
+        x = np.vstack([logit(w.probs[:, cols]) for w in windows.values()])
         y = np.concatenate([targets[s][:, g] for s in windows])
         keep = y >= 0
         weights, bias = fit_logistic(x[keep], y[keep].astype(np.float64), CALIBRATION_L2)

@@ -39,6 +39,7 @@ from benchmarks.scenes import (  # noqa: E402
     tag_windows,
 )
 from soundwatch.events import EventsConfig, build_settings  # noqa: E402
+from soundwatch.events.groups import ScoreTable, group_scores  # noqa: E402
 from soundwatch.models import InferenceWorker, load_model  # noqa: E402
 from soundwatch.sinks.smoothing import TagSmoother  # noqa: E402
 from soundwatch.stream import read_audio_file  # noqa: E402
@@ -72,7 +73,7 @@ def top1_changes_per_minute(recordings: list[Windows], method: str, width: float
 
 
 def reaction(
-    scenes: list[tuple[Windows, list]], members: np.ndarray, names: list[str], on: np.ndarray
+    scenes: list[tuple[Windows, list]], table: ScoreTable, names: list[str], on: np.ndarray
 ) -> tuple[list[float], int, int]:
     """Added delays of the smoothed crossings, and (missed, crossed) counts."""
     index = {name: i for i, name in enumerate(names)}
@@ -80,8 +81,8 @@ def reaction(
     missed = crossed = 0
     for method_probs, windows, truth in scenes:
         t_end = windows.stops / 100
-        raw_groups = windows.probs[:, members].max(axis=-1)
-        smooth_groups = method_probs[:, members].max(axis=-1)
+        raw_groups = group_scores(windows.probs, table)
+        smooth_groups = group_scores(method_probs, table)
         for sound in truth:
             if sound.label not in index:
                 continue
@@ -130,7 +131,7 @@ def main() -> None:
         scene_rate = top1_changes_per_minute([w for w, _ in scenes], method, width)
         base = scene_rate if base is None else base
         with_probs = [(smoothed(w.probs, method, width), w, t) for w, t in scenes]
-        delays, missed, crossed = reaction(with_probs, settings.members, settings.labels, on)
+        delays, missed, crossed = reaction(with_probs, settings.score_table, settings.labels, on)
         print(
             f"| {name} | {clip_rate:.1f} | {scene_rate:.1f} | {scene_rate / base:.2f}x "
             f"| {np.median(delays):.2f} | {np.percentile(delays, 90):.2f} "

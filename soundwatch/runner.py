@@ -372,7 +372,7 @@ def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) 
         settings = events.settings
         groups = GroupTable(
             names=settings.labels,
-            members=settings.score_table,
+            table=settings.score_table,
             thresholds=[float(t) for t in settings.thresholds.on],
         )
     return LiveSettings(

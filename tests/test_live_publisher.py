@@ -14,6 +14,7 @@ import pytest
 
 from soundwatch.client import Subscriber
 from soundwatch.errors import SoundwatchError
+from soundwatch.events.groups import Group, ScoreTable
 from soundwatch.results import TAGS, StreamReport, WindowResult
 from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
 from soundwatch.sinks.mel import MEL_BINS, MelTap
@@ -113,7 +114,7 @@ def wired():
     reports = Reports()
     groups = GroupTable(
         names=["pair", "single"],
-        members=np.array([[0, 1], [2, 2]]),
+        table=ScoreTable.of([Group("pair", (0, 1)), Group("single", (2,))]),
         thresholds=[0.4, 0.2],
     )
     settings = LiveSettings(
@@ -261,8 +262,6 @@ def test_a_json_lines_reader_that_goes_away_stops_the_run_clearly(tmp_path: Path
 def test_group_scores_in_tags_are_the_detectors_scores_for_calibrated_groups() -> None:
     """A calibrated group's threshold is on its logistic score: tags must show that score,
     not the highest class probability, or the dashboard compares apples with pears."""
-    from soundwatch.events.groups import Group, ScoreTable
-
     groups = [Group("dog", (0, 1)), Group("siren", (2, 3), weights=(1.5, -0.5), bias=-1.0)]
     table = GroupTable(["dog", "siren"], ScoreTable.of(groups), [0.5, 0.9])
     probs = np.array([0.2, 0.7, 0.8, 0.1], np.float32)

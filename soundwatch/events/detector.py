@@ -31,7 +31,6 @@ from soundwatch.events.groups import (
     ScoreTable,
     group_scores,
     load_ontology,
-    member_table,
     resolve_groups,
 )
 from soundwatch.events.hysteresis import HysteresisTracker, Span, Thresholds, Update, find_spans
@@ -56,11 +55,9 @@ class DetectorSettings:
     smoothing: str
     smoothing_width_s: float
     thresholds: Thresholds
-    members: np.ndarray = field(init=False, repr=False, compare=False)
     score_table: ScoreTable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "members", member_table(self.groups))
         object.__setattr__(self, "score_table", ScoreTable.of(self.groups))
 
     @property

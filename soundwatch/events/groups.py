@@ -122,6 +122,13 @@ def resolve_groups(
 LOGIT_CLIP = 1e-6  # probabilities are clipped to [this, 1 - this] before the logit
 
 
+def logit(probs: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` in float64, ``p`` clipped to ``[LOGIT_CLIP, 1 - LOGIT_CLIP]``:
+    what calibrated groups weigh (the preset's weights are fitted on the same values)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
 @dataclass(frozen=True)
 class ScoreTable:
     """How the detector scores all groups at once: :func:`member_table` plus, for the
@@ -145,26 +152,17 @@ class ScoreTable:
         return cls(members, weights, bias, calibrated)
 
 
-def group_scores(
-    probs: np.ndarray, groups: Sequence[Group] | np.ndarray | ScoreTable
-) -> np.ndarray:
+def group_scores(probs: np.ndarray, groups: Sequence[Group] | ScoreTable) -> np.ndarray:
     """``[..., num_classes]`` probabilities -> ``[..., num_groups]``: the max within each
     group, or the calibrated group's logistic score.
 
-    ``groups`` may be a :class:`ScoreTable` or :func:`member_table` (max only) already built
-    (what the detector does)."""
-    if isinstance(groups, ScoreTable):
-        table = groups
-    elif isinstance(groups, np.ndarray):
-        return probs[..., groups].max(axis=-1).astype(np.float32, copy=False)
-    else:
-        table = ScoreTable.of(groups)
+    ``groups`` may be a :class:`ScoreTable` already built (what the detector keeps)."""
+    table = groups if isinstance(groups, ScoreTable) else ScoreTable.of(groups)
     members = probs[..., table.members]
     scores = members.max(axis=-1)
     if table.calibrated.any():
         rows = table.calibrated
-        p = np.clip(members[..., rows, :].astype(np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
-        z = table.bias[rows] + (table.weights[rows] * (np.log(p) - np.log1p(-p))).sum(axis=-1)
+        z = table.bias[rows] + (table.weights[rows] * logit(members[..., rows, :])).sum(axis=-1)
         scores = scores.astype(np.float64)
         scores[..., rows] = 1.0 / (1.0 + np.exp(-z))
     return scores.astype(np.float32, copy=False)

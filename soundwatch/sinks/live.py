@@ -44,19 +44,18 @@ def labels_digest(labels: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class GroupTable:
-    """The event groups as tags and status carry them: names, how each is scored (the
-    detector's :class:`ScoreTable`, or a ``[G, M]`` member index table for max-only groups)
-    and each group's ``threshold_on``."""
+    """The event groups as tags and status carry them: names, how the detector scores
+    them (its :class:`ScoreTable`) and each group's ``threshold_on``."""
 
     names: list[str]
-    members: np.ndarray | ScoreTable
+    table: ScoreTable
     thresholds: list[float]
 
     def scores(self, probs: np.ndarray) -> dict[str, float]:
         """Each group's score as the event detector computes it (the highest probability
         among its classes, or a calibrated group's logistic score), so it compares with
         the group's threshold."""
-        values = group_scores(np.asarray(probs), self.members)
+        values = group_scores(np.asarray(probs), self.table)
         return dict(zip(self.names, values.tolist(), strict=True))
 
 
