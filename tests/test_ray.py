@@ -102,6 +102,16 @@ def events_relative(records: list[dict]) -> list[tuple]:
     )
 
 
+def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch) -> None:
+    from soundwatch.errors import SoundwatchError
+    from soundwatch.scale.engine import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    with pytest.raises(SoundwatchError, match=r"pip install 'soundwatch\[ray\]'"):
+        require_ray()
+
+
 def test_plain_run_and_the_client_never_import_ray() -> None:
     code = (
         "import sys, soundwatch.client, soundwatch.runner, soundwatch.cli, soundwatch.config; "
@@ -204,8 +214,11 @@ def test_a_replica_killed_mid_run_is_survived_and_losses_counted(
         assert counters["windows_dropped"] == 0
         failed += counters["windows_failed"]
     inference = status[Path(SCENES[0]).stem]["inference"]
-    assert failed >= inference["engine_lost_windows"]
-    assert (failed > 0) == (inference["inference_failures"] > 0)
+    # the engine counts whole passes, as the pipeline does (the last stream to end saw all)
+    lost = max(status[s]["inference"]["engine_lost_windows"] for s in status)
+    assert failed == lost
+    failures = max(status[s]["inference"]["inference_failures"] for s in status)
+    assert (failed > 0) == (failures > 0)
     print(
         f"killed {replicas[0]}: retries {inference['engine_retries']}, "
         f"lost windows {failed}, replicas at the end {inference['engine_replicas']}"

@@ -50,6 +50,17 @@ def app_prefix(pid: int | None = None) -> str:
     return f"soundwatch-{socket.gethostname()}-{pid if pid is not None else os.getpid()}-"
 
 
+def require_ray() -> None:
+    """Import Ray Serve, or say how to install the optional extra."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise SoundwatchError(
+            "--engine ray needs Ray Serve, which is not installed: pip install "
+            "'soundwatch[ray]' (or use --engine local)"
+        ) from None
+
+
 class ChunkLost(RuntimeError):
     """A chunk failed on two replicas: the pipeline counts its pass's windows as lost."""
 
@@ -169,6 +180,7 @@ class RayEngine:
         threads: int | None = None,
         backend: str = "auto",
     ) -> None:
+        require_ray()
         from ray import serve
 
         from soundwatch.scale.deployment import TaggerReplica
@@ -273,7 +285,8 @@ class RayEngine:
         responses = [self._handle.remote(part) for part in parts]
         with self._lock:
             self.requests += len(parts)
-        results: list[Any] = [self._answer(r) for r in responses]
+        deadline = time.monotonic() + self.config.timeout_s  # one bound for the round
+        results: list[Any] = [self._answer(r, deadline) for r in responses]
         failed = [i for i, result in enumerate(results) if isinstance(result, BaseException)]
         if failed:
             with self._lock:
@@ -285,26 +298,28 @@ class RayEngine:
                 _describe(results[failed[0]]),
             )
             retried = [self._handle.remote(parts[i]) for i in failed]
+            deadline = time.monotonic() + self.config.timeout_s
             for i, response in zip(failed, retried, strict=True):
-                results[i] = self._answer(response)
+                results[i] = self._answer(response, deadline)
             lost = [i for i in failed if isinstance(results[i], BaseException)]
             if lost:
-                with self._lock:
+                with self._lock:  # the pipeline counts the whole pass as failed windows
                     self.lost_chunks += len(lost)
-                    self.lost_windows += sum(len(parts[i]) for i in lost)
+                    self.lost_windows += len(batch)
                 raise ChunkLost(
                     f"{len(lost)} request(s) of {len(parts)} failed twice "
-                    f"(last: {_describe(results[lost[0]])}); their pass's windows are lost"
+                    f"(last: {_describe(results[lost[0]])}); the pass's {len(batch)} windows "
+                    "are lost"
                 )
         probs = np.concatenate([r[0] for r in results])
         embeddings = np.concatenate([r[1] for r in results])
         return probs, embeddings
 
-    def _answer(self, response: Any) -> Any:
-        """The response's result, or the exception that ended it (a dead replica, a
-        timeout: the caller retries)."""
+    def _answer(self, response: Any, deadline: float) -> Any:
+        """The response's result by ``deadline`` (monotonic), or the exception that ended
+        it (a dead replica, a timeout: the caller retries)."""
         try:
-            return response.result(timeout_s=self.config.timeout_s)
+            return response.result(timeout_s=max(0.0, deadline - time.monotonic()))
         except Exception as error:
             if isinstance(error, TimeoutError):
                 response.cancel()
