@@ -21,19 +21,23 @@ from soundwatch.stream import (
 log = logging.getLogger(__name__)
 
 
-def resolve_source_spec(spec: str) -> str:
-    """``auto`` means the default microphone, or the synthetic demo when there is none."""
+def resolve_source_spec(spec: str, demo_fallback: bool = True) -> str:
+    """``auto`` means the default microphone, or the synthetic demo when there is none
+    (``demo_fallback``; without it, no microphone is an error: an edge node must not send
+    made-up audio as if it were a room)."""
     if spec != "auto":
         return spec
     try:
         devices = list_input_devices()
+        why = "no audio input device found"
     except SoundwatchError as error:
-        log.warning("no microphone available (%s); using the synthetic demo source", error)
-        return "synthetic"
-    if not devices:
-        log.warning("no audio input device found; using the synthetic demo source")
-        return "synthetic"
-    return "mic"
+        devices, why = [], f"no microphone available ({error})"
+    if devices:
+        return "mic"
+    if not demo_fallback:
+        raise SoundwatchError(f"{why}; give the sources with --source (mic:NAME, file:PATH, ...)")
+    log.warning("%s; using the synthetic demo source", why)
+    return "synthetic"
 
 
 def sources_from_args(args: tuple[str, ...], loop: bool | None = None) -> list[dict]:
@@ -53,12 +57,13 @@ def sources_from_args(args: tuple[str, ...], loop: bool | None = None) -> list[d
     return entries
 
 
-def open_sources(config: Config) -> list[Source]:
-    """Open every configured source (not started yet); close them all on any error."""
+def open_sources(config: Config, demo_fallback: bool = True) -> list[Source]:
+    """Open every configured source (not started yet); close them all on any error.
+    ``demo_fallback``: see :func:`resolve_source_spec`."""
     opened: list[Source] = []
     try:
         for source in config.sources:
-            spec = resolve_source_spec(source.spec)
+            spec = resolve_source_spec(source.spec, demo_fallback)
             stream_id = source.id or parse_source_spec(spec).default_id()
             opened.append(
                 open_source(

@@ -520,3 +520,34 @@ def test_a_network_cut_is_survived_and_a_rogue_peer_ignored(
     assert tight_status["resyncs"] >= 1
     assert tight_status["edge_gap_frames"] > 0
     assert max(np.diff([r["t_start"] for r in tags("tight-s")])) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "s=synthetic"], "an edge needs the server's address: --to tcp://HOST:PORT"),
+        (
+            ["--to", "tcp://localhost", "--source", "s=synthetic"],
+            "cannot connect to tcp://localhost",
+        ),
+    ],
+)
+def test_edge_command_errors_are_one_line(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from soundwatch.cli import main
+
+    result = CliRunner().invoke(main, ["edge", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_edge_without_a_microphone_refuses_instead_of_sending_the_demo(monkeypatch) -> None:
+    import soundwatch.sources as sources
+    from soundwatch.errors import SoundwatchError
+
+    monkeypatch.setattr(sources, "list_input_devices", lambda: [])
+    assert sources.resolve_source_spec("auto") == "synthetic"  # run: the demo, with a warning
+    with pytest.raises(SoundwatchError, match="no audio input device found; give the sources"):
+        sources.resolve_source_spec("auto", demo_fallback=False)

@@ -63,6 +63,7 @@ def _edge(
     from soundwatch.cli import _setup_logging
     from soundwatch.config import apply_overrides, load_config
     from soundwatch.edge.node import EdgeNode
+    from soundwatch.errors import SoundwatchError
     from soundwatch.sources import open_sources, sources_from_args
 
     _setup_logging(verbose)
@@ -80,7 +81,9 @@ def _edge(
             "edge.curve_server": curve_server,
         },
     )
-    opened = open_sources(config)
+    if config.edge.to is None:  # before any device is opened
+        raise SoundwatchError("an edge needs the server's address: --to tcp://HOST:PORT")
+    opened = open_sources(config, demo_fallback=False)
     node = EdgeNode(opened, config.edge)
     names = ", ".join(f"{node.node}-{s.id}" for s in opened)
     click.echo(f"soundwatch edge: sending {names} to {config.edge.to}", err=True)

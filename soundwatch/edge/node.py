@@ -36,6 +36,7 @@ import zmq
 
 from soundwatch.dsp import StreamingLogMel
 from soundwatch.dsp import warmup as warmup_frontend
+from soundwatch.dsp.windows import FRAMES_PER_SECOND
 from soundwatch.edge.config import EdgeConfig
 from soundwatch.edge.wire import (
     ENCODINGS,
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 
 #: How often the sources are read and new frames sent.
 READ_INTERVAL_S = 0.05
-#: Frames per second of audio (10 ms hop).
-FRAMES_PER_SECOND = 100
 #: Messages queued in the socket at most; past it batches wait in the stream's buffer.
 SEND_HIGH_WATER_MARK = 100
 #: An ack saying a batch is missing is acted on only when that batch was sent longer ago
@@ -145,7 +144,13 @@ class EdgeNode:
         """Capture and send until every source ended and was acknowledged, or :meth:`stop`
         (then the buffered batches get ``drain_timeout`` s to be acknowledged)."""
         warmup_frontend()
-        self._socket.connect(self.config.to)
+        try:
+            self._socket.connect(self.config.to)
+        except zmq.ZMQError as error:
+            raise SoundwatchError(
+                f"cannot connect to {self.config.to}: {error.strerror}; use "
+                "tcp://HOST:PORT (the address soundwatch serve --listen binds)"
+            ) from None
         if self._curve is None and not is_loopback_endpoint(self.config.to):
             log.warning(
                 "sending to %s without CURVE keys: the frames travel in the clear and the "

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 
 from soundwatch.dsp.tables import N_MELS
+from soundwatch.dsp.windows import FRAMES_PER_SECOND
 from soundwatch.errors import SoundwatchError
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
 
@@ -63,7 +64,7 @@ class FrameBatch:
     @property
     def t_start(self) -> float:
         """Unix time of the batch's first frame."""
-        return self.t_origin + self.frame / 100.0
+        return self.t_origin + self.frame / FRAMES_PER_SECOND
 
 
 @dataclass
