@@ -258,10 +258,16 @@ class WindowQueue:
                     if max_age is not None and now - item.t_ingest > max_age:
                         item.state.record_drop(item.purposes)  # too late to be worth tagging
                         continue
+                elif not self._queues[key]:  # the stream's end: forget it (a serve adds
+                    self._forget(key)  # streams for months; a new object may reuse the id)
                 taken.append(item)
             if taken:
                 self._cond.notify_all()
             return taken
+
+    def _forget(self, key: int) -> None:
+        for table in (self._queues, self._windows, self._limits, self._max_ages):
+            table.pop(key, None)
 
     def __len__(self) -> int:
         with self._cond:
@@ -592,6 +598,7 @@ class Pipeline:
                     self.queue.set_max_age(state, self._max_window_age)
             for old in current:  # an ended stream of the same id: its successor replaces it
                 self.streams.remove(old)
+                self._fed_done.discard(id(old))  # ids are reused once an object is gone
             self.streams.append(state)
             self._fed.append(state)
             return state

@@ -140,6 +140,27 @@ def test_queue_drops_only_the_full_streams_own_oldest_windows() -> None:
     assert other.counters.windows_dropped == 0
 
 
+def test_queue_forgets_a_stream_once_its_end_is_taken() -> None:
+    """A serve adds and ends edge streams for months: what the queue keeps per stream
+    (its deque, count, bound and max age, keyed by id()) goes with the stream's end."""
+    from soundwatch.pipeline import _StreamEnd
+
+    queue = WindowQueue(per_stream=3)
+    states = [
+        StreamState(ScriptedSource(f"s{i}", 0), {frozenset({TAGS}): (0.1, 0.1)}) for i in range(50)
+    ]
+    for state in states:
+        queue.set_limit(state, 2)
+        queue.set_max_age(state, 10.0)
+        item = pending(state, 0)
+        item.t_ingest = time.monotonic()  # fresh: not dropped for its age
+        queue.put(item, block=False)
+        queue.put_end(_StreamEnd(state))
+    taken = queue.take(1000, timeout=0)
+    assert len(taken) == 100 and len(queue) == 0
+    assert not (queue._queues or queue._windows or queue._limits or queue._max_ages)
+
+
 def test_queue_counts_event_window_drops_apart_from_tag_drops() -> None:
     state = StreamState(ScriptedSource("s", 0), {frozenset({TAGS}): (0.1, 0.1)})
     queue = WindowQueue(per_stream=1)
