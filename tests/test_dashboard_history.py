@@ -160,3 +160,16 @@ def test_history_view_in_chromium(tmp_path: Path) -> None:
         if driver is not None:
             driver.quit()
         stop(run)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "many"])
+def test_a_history_limit_below_one_is_refused_not_read_as_unlimited(
+    tmp_path: Path, limit: str
+) -> None:
+    """SQLite reads ``LIMIT -1`` as no limit: the row cap must hold whatever is asked."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "GET", "query_string": f"limit={limit}".encode()}
+    response = HistoryRoutes(tmp_path).history(Request(scope))
+    assert response.status_code == 400
+    assert "limit must be a whole number from 1 to" in json.loads(response.body)["error"]

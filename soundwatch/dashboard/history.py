@@ -104,7 +104,7 @@ class HistoryRoutes:
         params = request.query_params
         try:
             since, until = (_when(params[k]) if params.get(k) else None for k in ("since", "until"))
-            limit = min(int(params.get("limit") or MAX_ROWS), MAX_ROWS)
+            limit = _limit(params.get("limit"))
         except (SoundwatchError, ValueError) as error:
             return JSONResponse({"error": str(error)}, 400)
         history = self._open()
@@ -181,6 +181,20 @@ class HistoryRoutes:
         except SoundwatchError as error:
             return JSONResponse({"ok": False, "error": str(error)}, 502)
         return JSONResponse({"ok": True, "result": result})
+
+
+def _limit(value: str | None) -> int:
+    """The rows asked for, at most ``MAX_ROWS`` (SQLite would read ``LIMIT -1`` as no limit
+    at all, so below 1 is refused)."""
+    if not value:
+        return MAX_ROWS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_ROWS}, got {value!r}")
+    return min(limit, MAX_ROWS)
 
 
 def _when(text: str) -> float:

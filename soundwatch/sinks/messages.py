@@ -58,7 +58,8 @@ class Tags(Envelope):
     ``probs`` are the window's own probabilities in label order; ``smoothed`` the same
     classes smoothed across the stream's windows (``publish.smoothing``; equal to ``probs``
     when smoothing is off); ``top`` the best few by ``smoothed``; ``groups`` the smoothed
-    score of each event group (the highest smoothed probability among its classes);
+    score of each event group as the detector scores it (the highest smoothed probability
+    among its classes, or a calibrated group's logistic score of them);
     ``head`` each loaded head label's probability in this window (custom sounds, see
     docs/custom-sounds.md; their smoothed scores are in ``groups`` beside the others).
     ``carried``: the window had nothing new to hear since the stream's last tagged window
@@ -138,7 +139,7 @@ class Mel(Envelope):
 
 @dataclass
 class Embedding(Envelope):
-    """The model's embedding of one tagged window (the vector its heads read), for custom
+    """The model's embedding of one tagged window (heads read it with sqrt of ``probs``), for custom
     classifiers downstream. ``embedding`` travels as little-endian float32 bytes like
     ``probs``; only published when asked for (``publish.embeddings``)."""
 
