@@ -183,14 +183,22 @@ def test_shutdown_mid_event_publishes_its_end(tagger):
 
         reader = threading.Thread(target=read)
         reader.start()
-        run_live(
-            config,
-            tagger=tagger,
-            on_ready=lambda pipeline, _endpoints, _notes: running.append(pipeline),
-            install_signal_handlers=False,
-        )
-        finished.set()
-        reader.join(30)
+        # The source loops forever: if no event ever starts, stop anyway (and fail below)
+        # instead of hanging until pytest's timeout.
+        backstop = threading.Timer(120, lambda: running and running[0].stop())
+        backstop.start()
+        try:
+            run_live(
+                config,
+                tagger=tagger,
+                on_ready=lambda pipeline, _endpoints, _notes: running.append(pipeline),
+                install_signal_handlers=False,
+            )
+        finally:
+            backstop.cancel()
+            finished.set()
+            reader.join(30)
+    assert not reader.is_alive()
     assert stopped_at, "the looped typing must start an event"
     events = [m for m in received if isinstance(m, Event)]
     starts = [m.event_id for m in events if m.state == "start"]
