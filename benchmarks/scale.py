@@ -12,9 +12,9 @@ a) **central throughput**: passes of ``--batch`` real 3 s mn04 windows (log-mel 
    the replicas' processes (``/proc``), and its inverse (windows per core-second) is what a
    core can do whatever else loads the machine;
 b) **edge**: the frontend's CPU per audio second (``StreamingLogMel.push`` in 10 ms hops on
-   the real scene audio, one core), and, when the edge package is there, a real
-   ``soundwatch edge`` process's CPU per audio second sending one file stream to a ZeroMQ
-   socket nobody reads from (its buffer bounds it);
+   the real scene audio, one core), and a real ``soundwatch edge`` process's CPU per audio
+   second sending one file stream to a ZeroMQ socket here that acknowledges every batch as
+   ``serve`` does;
 c) a stream at a 0.5 s hop costs 2 windows/s centrally: streams per replica = windows/s / 2.
 
     .venv/bin/python benchmarks/scale.py [--runs 5] [--passes 20] [--batch 32] [--replicas 1,2,3]
@@ -109,18 +109,15 @@ def frontend_cpu_per_audio_second(audio: list[np.ndarray]) -> float:
     return statistics.median(runs)
 
 
-def edge_process_cpu(seconds: float) -> float | None:
+def edge_process_cpu(seconds: float) -> float:
     """CPU ms per audio second of a real ``soundwatch edge`` process streaming a scene in
-    real time to a socket here that acknowledges every batch as ``serve`` does (None when
-    the edge package is not there)."""
+    real time to a socket here that acknowledges every batch as ``serve`` does."""
     import subprocess
 
     import zmq
 
-    try:
-        from soundwatch.edge.wire import Ack, FrameBatch, decode, encode_ack
-    except ImportError:
-        return None
+    from soundwatch.edge.wire import Ack, FrameBatch, decode, encode_ack
+
     sink = zmq.Context.instance().socket(zmq.ROUTER)
     port = sink.bind_to_random_port("tcp://127.0.0.1")
     command = [
@@ -143,7 +140,7 @@ def edge_process_cpu(seconds: float) -> float | None:
         deadline = time.monotonic() + 120
         while not serve_once():  # its first frames: start-up is over
             if process.poll() is not None or time.monotonic() > deadline:
-                return None
+                raise RuntimeError("the soundwatch edge process sent no frames within 120 s")
         start_cpu, t0 = proc_cpu(process.pid), time.monotonic()
         while time.monotonic() - t0 < seconds:
             serve_once()
@@ -231,10 +228,7 @@ def main() -> None:
     print("\n| edge cost per stream | CPU ms per audio second |")
     print("|---|---:|")
     print(f"| frontend (StreamingLogMel.push, 10 ms hops) | {frontend:.2f} |")
-    if edge is not None:
-        print(f"| soundwatch edge process (capture + frontend + send) | {edge:.1f} |")
-    else:
-        print("| soundwatch edge process | (edge command not available) |")
+    print(f"| soundwatch edge process (capture + frontend + send) | {edge:.1f} |")
 
 
 if __name__ == "__main__":

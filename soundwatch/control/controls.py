@@ -142,7 +142,8 @@ class Controls:
             )
         if self.audio is None:
             raise SoundwatchError(
-                "this run keeps no audio ring: record needs soundwatch run --control"
+                "this control endpoint keeps no audio ring, so it cannot record (a "
+                "soundwatch run with --control keeps one)"
             )
         cut = self.audio.last(stream, seconds)
         log.info("control (%s): recorded the last %g s of %s", origin, seconds, stream)
