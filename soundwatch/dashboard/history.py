@@ -36,14 +36,14 @@ from soundwatch.errors import SoundwatchError
 from soundwatch.recorder.command import parse_when
 from soundwatch.recorder.history import CLIPS_DIR, History
 from soundwatch.security.curve import CurveClient
-from soundwatch.sinks.mel import MEL_HI, MEL_LO
+from soundwatch.sinks.mel import mel_bytes
+from soundwatch.stream.resample import TARGET_RATE
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".ogg": "audio/ogg"}
 MAX_ROWS = 500  # events per history request
 MAX_MEL_FRAMES = 1200  # columns of a clip's spectrogram (longer clips are pooled)
-CLIP_RATE = 32_000  # the recorder writes clips at the pipeline's rate
 
 
 def clip_path(record_dir: Path, clip: str | None) -> Path | None:
@@ -213,16 +213,15 @@ def clip_mel(path: Path) -> dict[str, Any]:
     from soundwatch.dsp import logmel
 
     wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    if rate != CLIP_RATE:
-        raise SoundwatchError(f"{path.name} is at {rate} Hz, not the recorder's {CLIP_RATE} Hz")
+    if rate != TARGET_RATE:  # the recorder writes clips at the pipeline's rate
+        raise SoundwatchError(f"{path.name} is at {rate} Hz, not the recorder's {TARGET_RATE} Hz")
     mono = wave.mean(axis=1)
     frames = logmel(mono) if len(mono) >= 2 else np.zeros((128, 1), np.float32)
     pool = -(-frames.shape[1] // MAX_MEL_FRAMES)
     if pool > 1:  # longer clips: the loudest of each run of columns
         cut = frames.shape[1] // pool * pool
         frames = frames[:, :cut].reshape(frames.shape[0], -1, pool).max(axis=2)
-    scaled = np.clip(np.rint((frames - MEL_LO) * (255.0 / (MEL_HI - MEL_LO))), 0, 255)
-    data = np.ascontiguousarray(scaled.astype(np.uint8))
+    data = np.ascontiguousarray(mel_bytes(frames))
     return {
         "bins": int(data.shape[0]),
         "frames": int(data.shape[1]),

@@ -65,15 +65,20 @@ class MelTap:
         return out
 
 
+def mel_bytes(frames: np.ndarray) -> np.ndarray:
+    """Log-mel values as the wire's bytes: ``MEL_LO``..``MEL_HI`` mapped to 0..255."""
+    scaled = (frames - MEL_LO) * (255.0 / (MEL_HI - MEL_LO))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def _message(stream: str, run: list[tuple[float, np.ndarray]]) -> Mel:
     frames = np.concatenate([bands for _, bands in run])
-    scaled = (frames - MEL_LO) * (255.0 / (MEL_HI - MEL_LO))
     t0 = run[0][0]
     return Mel(
         stream=stream,
         t_start=t0,
         t_end=t0 + len(frames) / FRAMES_PER_SECOND,
-        frames=np.clip(np.rint(scaled), 0, 255).astype(np.uint8),
+        frames=mel_bytes(frames),
         bins=MEL_BINS,
         frame_rate=float(FRAMES_PER_SECOND),
         lo=MEL_LO,
