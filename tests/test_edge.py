@@ -122,7 +122,6 @@ def _frames_body(**changes: object) -> bytes:
                     "epoch": 1,
                     "t": 1.0,
                     "streams": {"s": {"counters": {"gaps": "x"}}},
-                    "node_counters": {},
                 }
             ),
             "integers",

@@ -14,8 +14,8 @@ in the stream's buffer until the server acknowledges them (:class:`~soundwatch.e
   gone), so the server starts a new segment and counts the gap. A source that can wait
   (a file read fast) is not read while its buffer is full: nothing is lost.
 
-Every ``health_interval`` s the node sends its health: each source's counters and its own
-(buffered frames, drops, resends), which ``serve`` shows in the stream's status.
+Every ``health_interval`` s the node sends its health: per stream, its source's counters and
+its buffer's (buffered frames, drops, resends), which ``serve`` shows in the stream's status.
 
 This module must not import torch (an edge is a small device): it imports the frontend,
 the sources and ZeroMQ only (tests/test_edge.py checks).

@@ -75,7 +75,6 @@ class Health:
     epoch: int
     t: float
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream -> {source, counters}
-    node_counters: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,7 +124,6 @@ def encode_health(health: Health) -> bytes:
             "epoch": health.epoch,
             "t": health.t,
             "streams": health.streams,
-            "node_counters": health.node_counters,
         }
     )
 
@@ -244,15 +242,11 @@ def _decode_health(body: dict[str, Any]) -> Health:
         if not all(isinstance(k, str) and type(v) is int for k, v in counters.items()):
             raise MalformedEdgeMessage(f"health of {name}: counters must map names to integers")
         checked[name] = {"source": source, "counters": counters}
-    node_counters = _get(body, "node_counters", dict)
-    if not all(isinstance(k, str) and type(v) in (int, float) for k, v in node_counters.items()):
-        raise MalformedEdgeMessage("node_counters must map names to numbers")
     return Health(
         node=_name(body, "node"),
         epoch=_count(body, "epoch"),
         t=_time(body, "t"),
         streams=checked,
-        node_counters=node_counters,
     )
 
 
