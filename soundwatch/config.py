@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from soundwatch.control.config import ControlConfig
 from soundwatch.dashboard.config import DashboardConfig
 from soundwatch.edge.config import EdgeConfig, ServeConfig
+from soundwatch.endpoints import check_endpoint
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig
 from soundwatch.heads.config import HeadsConfig
@@ -73,6 +74,22 @@ class ModelConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    # Chunks each forward pass is split into, run at once (soundwatch.models.parallel).
+    parallel: Literal["auto"] | int = "auto"
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _parallel_is_auto_or_count(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().isdigit():  # from a command-line flag
+            value = int(value)
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256
+        ):
+            return value
+        raise ValueError(
+            "must be 'auto' (the usable CPU cores; 1 on CUDA and with the Ray engine) or a "
+            "whole number of chunks from 1 to 256"
+        )
 
 
 class WindowConfig(StrictModel):
@@ -112,12 +129,7 @@ class PublishConfig(StrictModel):
     @field_validator("endpoints")
     @classmethod
     def _endpoints_are_zmq(cls, value: list[str]) -> list[str]:
-        for endpoint in value:
-            if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
-                raise ValueError(
-                    f"{endpoint!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT or ipc://PATH"
-                )
-        return value
+        return [check_endpoint(endpoint) for endpoint in value]
 
 
 class GateConfig(StrictModel):

@@ -527,7 +527,11 @@ def test_a_network_cut_is_survived_and_a_rogue_peer_ignored(
         (["--source", "s=synthetic"], "an edge needs the server's address: --to tcp://HOST:PORT"),
         (
             ["--to", "tcp://localhost", "--source", "s=synthetic"],
-            "cannot connect to tcp://localhost",
+            "edge.to: 'tcp://localhost' is not a ZeroMQ endpoint: it has no port; use tcp://",
+        ),
+        (  # well formed, but ZeroMQ refuses it when connecting
+            ["--to", "ipc:///tmp/" + "x" * 200, "--source", "s=synthetic"],
+            "cannot connect to ipc:///tmp/xxx",
         ),
     ],
 )

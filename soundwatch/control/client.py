@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from soundwatch.endpoints import check_endpoint
 from soundwatch.errors import SoundwatchError
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ def request(
     """Send one command; return its result, or raise :class:`ControlRejected` (refused) or
     :class:`SoundwatchError` (no answer). ``curve``: this client's keys and the server's
     public key, when the endpoint is CURVE-secured."""
+    try:
+        check_endpoint(endpoint, connect=True)
+    except ValueError as error:
+        where = "the address soundwatch run --control listens on"
+        raise SoundwatchError(f"{error} ({where})") from None
     socket = zmq.Context.instance().socket(zmq.REQ)
     if curve is not None:
         curve.secure(socket)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from soundwatch.endpoints import check_endpoint
 from soundwatch.validation import StrictModel
 
 #: Where ``soundwatch run --control`` listens and ``soundwatch ctl`` asks, by default.
@@ -31,8 +32,4 @@ class ControlConfig(StrictModel):
     @field_validator("endpoint")
     @classmethod
     def _zmq_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(
-                f"{value!r} is not a ZeroMQ endpoint; use tcp://127.0.0.1:PORT or ipc://PATH"
-            )
-        return value
+        return None if value is None else check_endpoint(value)

@@ -7,14 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from soundwatch.endpoints import check_endpoint
 from soundwatch.stream.spec import STREAM_ID, STREAM_ID_RULE
 from soundwatch.validation import StrictModel
 
-
-def _check_tcp(value: str | None, key: str) -> str | None:
-    if value is not None and not value.startswith(("tcp://", "ipc://")):
-        raise ValueError(f"{key} {value!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT")
-    return value
+EDGE_TRANSPORTS = ("tcp", "ipc")  # edges and their server are separate processes
 
 
 class EdgeConfig(StrictModel):
@@ -32,7 +29,7 @@ class EdgeConfig(StrictModel):
     @field_validator("to")
     @classmethod
     def _to_is_zmq(cls, value: str | None) -> str | None:
-        return _check_tcp(value, "edge.to")
+        return None if value is None else check_endpoint(value, EDGE_TRANSPORTS, connect=True)
 
     @field_validator("id")
     @classmethod
@@ -60,4 +57,4 @@ class ServeConfig(StrictModel):
     @field_validator("listen")
     @classmethod
     def _listen_is_zmq(cls, value: str | None) -> str | None:
-        return _check_tcp(value, "serve.listen")
+        return None if value is None else check_endpoint(value, EDGE_TRANSPORTS)
