@@ -16,7 +16,7 @@ from soundwatch.client import Subscriber
 from soundwatch.errors import SoundwatchError
 from soundwatch.events.groups import Group, ScoreTable
 from soundwatch.results import TAGS, StreamReport, WindowResult
-from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings
+from soundwatch.sinks.live import GroupTable, LivePublisher, LiveSettings, OptionalTopic
 from soundwatch.sinks.mel import MEL_BINS, MelTap
 from soundwatch.sinks.messages import Embedding, Event, Mel, Status, Tags
 from soundwatch.sinks.publisher import JsonLinesOutput, Publisher, ZmqOutput
@@ -223,7 +223,7 @@ def test_embeddings_are_published_only_while_a_subscriber_asks_for_them(wired):
         assert not any(isinstance(m, Embedding) for m in got)
         with Subscriber(endpoint, topics=["embeddings.a", "events.probe"]) as reader:
             connected(publisher, reader)
-            live._next_embeddings = 0.0  # re-check the subscriptions now, not in 0.5 s
+            live.embeddings_topic.next_check = 0.0  # re-check the subscriptions now, not in 0.5 s
             for i in (1, 2):
                 live.on_result(result("a", i, np.full(6, 0.1)))
             embeddings = [m for m in drain(reader) if isinstance(m, Embedding)]
@@ -232,9 +232,18 @@ def test_embeddings_are_published_only_while_a_subscriber_asks_for_them(wired):
         assert embeddings[1].embedding.dtype == np.float32
         assert (embeddings[1].t_start, embeddings[1].t_end) == (1001.0, 1004.0)
         deadline = time.monotonic() + 10
-        while live._wants_embeddings() and time.monotonic() < deadline:  # the reader left
-            live._next_embeddings = 0.0
-        assert not live._wants_embeddings()
+        while live.embeddings_topic.wanted() and time.monotonic() < deadline:  # the reader left
+            live.embeddings_topic.next_check = 0.0
+        assert not live.embeddings_topic.wanted()
+
+
+def test_on_and_off_topics_ignore_the_subscriptions(wired):
+    output, publisher, _, _, _ = wired
+    topics = {m: OptionalTopic(publisher, "mel", m, interval=0.0) for m in ("on", "off", "auto")}
+    assert [t.wanted() for t in topics.values()] == [True, False, False]  # nobody asks
+    with Subscriber(output.endpoints[0], topics=["mel.", "events.probe"]) as viewer:
+        connected(publisher, viewer)
+        assert [t.wanted() for t in topics.values()] == [True, False, True]  # one asks
 
 
 # --- publisher failures ----------------------------------------------------------------------

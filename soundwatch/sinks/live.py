@@ -28,7 +28,7 @@ from soundwatch.sinks.publisher import Publisher
 from soundwatch.sinks.smoothing import TagSmoother
 
 LATENCY_HISTORY = 2048  # windows kept per stream for latency percentiles
-WANTS_INTERVAL_S = 0.5  # how often ``auto`` embeddings re-check the subscriptions
+WANTS_INTERVAL_S = 0.5  # how often an ``auto`` topic re-checks the subscriptions, at most
 
 
 def top_labels(probs: np.ndarray, labels: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -82,6 +82,32 @@ class LiveSettings:
         object.__setattr__(self, "labels_sha256", labels_digest(self.labels))
 
 
+class OptionalTopic:
+    """Whether to publish a costly optional topic (``mel``, ``embeddings``): always when its
+    setting is ``on``, never when ``off``, and with ``auto`` while a subscriber asked for
+    its prefix explicitly. ``auto`` asks the publisher at most every ``interval`` s (asking
+    the socket per window would cost more); :attr:`next_check` 0 asks at the next call."""
+
+    def __init__(
+        self, publisher: Publisher, prefix: str, mode: str, interval: float = WANTS_INTERVAL_S
+    ) -> None:
+        self.publisher = publisher
+        self.prefix = prefix
+        self.mode = mode
+        self.interval = interval
+        self.next_check = 0.0  # monotonic time of the next ``auto`` check (at once first)
+        self._wanted = mode == "on"
+
+    def wanted(self, now: float | None = None) -> bool:
+        """Whether to publish the topic now (``now``: the caller's ``time.monotonic()``)."""
+        if self.mode == "auto":
+            now = time.monotonic() if now is None else now
+            if now >= self.next_check:
+                self.next_check = now + self.interval
+                self._wanted = self.publisher.wants(self.prefix)
+        return self._wanted
+
+
 class HeadFields(Protocol):
     """Custom-sound heads applied to a run's windows (``soundwatch.heads.live``)."""
 
@@ -120,8 +146,9 @@ class LivePublisher:
         self.smoothers: dict[str, TagSmoother] = {}
         self._next_status = time.monotonic()  # first status at once: subscribers learn labels
         self._next_mel = time.monotonic()
-        self._embeddings = settings.embeddings == "on"
-        self._next_embeddings = 0.0  # when ``auto`` next asks the publisher (at once first)
+        # mel is checked on each of its own ticks (every MEL_INTERVAL_S), embeddings per window
+        self.mel_topic = OptionalTopic(publisher, "mel", settings.mel, interval=0.0)
+        self.embeddings_topic = OptionalTopic(publisher, "embeddings", settings.embeddings)
 
     def on_result(self, result: WindowResult) -> None:
         if TAGS not in result.purposes:
@@ -153,7 +180,7 @@ class LivePublisher:
                 carried=result.carried,
             )
         )
-        if self._wants_embeddings():
+        if self.embeddings_topic.wanted():
             self.publisher.publish(
                 Embedding(
                     stream=result.stream,
@@ -165,22 +192,11 @@ class LivePublisher:
         latencies = self.latencies.setdefault(result.stream, deque(maxlen=LATENCY_HISTORY))
         latencies.append(time.monotonic() - result.t_ingest)
 
-    def _wants_embeddings(self) -> bool:
-        """``on``, or ``auto`` while a subscriber asked for ``embeddings.`` (re-checked every
-        :data:`WANTS_INTERVAL_S`: asking the socket per window would cost more)."""
-        if self.settings.embeddings == "auto":
-            now = time.monotonic()
-            if now >= self._next_embeddings:
-                self._next_embeddings = now + WANTS_INTERVAL_S
-                self._embeddings = self.publisher.wants("embeddings")
-        return self._embeddings
-
     def on_tick(self) -> None:
         now = time.monotonic()
         if self.mel_tap is not None and now >= self._next_mel:
             self._next_mel = now + MEL_INTERVAL_S
-            mode = self.settings.mel
-            self.mel_tap.active = mode == "on" or (mode == "auto" and self.publisher.wants("mel"))
+            self.mel_tap.active = self.mel_topic.wanted(now)
             for message in self.mel_tap.messages():
                 self.publisher.publish(message)
         if now >= self._next_status:
