@@ -67,8 +67,11 @@ class Tagger:
 
     @classmethod
     def from_config(cls, config: Config) -> Tagger:
-        loaded = load_model(config.model.name, config.model.weights)
-        if config.inference.engine == "ray":
+        # a local worker reads the checkpoint only if it needs torch (not when a cached
+        # ONNX export of it runs: the start then imports no torch, docs/performance.md)
+        local = config.inference.engine != "ray"
+        loaded = load_model(config.model.name, config.model.weights, lazy=local)
+        if not local:
             from soundwatch.scale.engine import RayEngine  # imports Ray: only when chosen
 
             worker: InferenceWorker | RayEngine = RayEngine(

@@ -8,20 +8,23 @@ switch to an export-friendly formulation while exporting (see ``DynamicConv``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from soundwatch.errors import SoundwatchError
 from soundwatch.models.weights import temporary_sibling
+
+if TYPE_CHECKING:  # torch is imported only to export: running a cached export needs none
+    from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +50,40 @@ def require_onnxruntime() -> ModuleType:
     return onnxruntime
 
 
-class _ProbabilityModel(nn.Module):
-    """The exported graph: mel ``[B, 1, 128, T]`` -> (sigmoid probabilities, embedding)."""
+def torch_version() -> str:
+    """The installed torch's version without its local part (``2.5.1``, not ``2.5.1+cpu``),
+    read from the package metadata: deciding whether a cached export fits must not import
+    torch (2 s of a start that otherwise needs none)."""
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # torch without metadata: ask it
+        import torch
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        logits, embedding = self.model(mel)
-        return torch.sigmoid(logits), embedding
+        version = torch.__version__
+    return version.split("+")[0]
 
 
 def onnx_cache_path(cache_dir: Path, name: str, sha256: str) -> Path:
     """Where the export of checkpoint ``sha256`` of model ``name`` is cached."""
-    version = torch.__version__.split("+")[0]
+    version = torch_version()
     return cache_dir / "onnx" / f"{name}-{sha256[:16]}-torch{version}-f{EXPORT_FORMAT}.onnx"
 
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
     """Export a tagger (eval mode, CPU) with its sigmoid to ``path`` atomically."""
+    import torch
+
+    class _ProbabilityModel(torch.nn.Module):
+        """The exported graph: mel ``[B, 1, 128, T]`` -> (sigmoid probabilities, embedding)."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+            logits, embedding = self.model(mel)
+            return torch.sigmoid(logits), embedding
+
     return export_module(
         _ProbabilityModel(model).eval(),
         torch.zeros(2, 1, 128, 100),
@@ -93,6 +110,8 @@ def export_module(
 
     ``dynamic_axes`` maps input axes to ``torch.export.Dim`` objects.
     """
+    import torch
+
     require_onnxruntime()
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
@@ -146,6 +165,17 @@ class OnnxTagger:
             ) from None
         self.path = path
 
+    def output_width(self, index: int) -> int:
+        """The fixed size of output ``index``'s last axis (probabilities: classes;
+        embedding: its dimension), read from the graph; error if the graph leaves it open."""
+        shape = self.session.get_outputs()[index].shape
+        if not shape or not isinstance(shape[-1], int):
+            raise SoundwatchError(
+                f"the ONNX model {self.path} has no fixed width for output {index} ({shape}); "
+                "delete it to export it again"
+            )
+        return shape[-1]
+
     def run(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[B, 1, 128, T]`` float32 -> (probabilities ``[B, C]``, embeddings ``[B, D]``)."""
         probs, embedding = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: mels})
@@ -156,10 +186,9 @@ class OnnxTagger:
         return self.session.run(None, {self.session.get_inputs()[0].name: inputs})
 
 
-def cached_onnx_tagger(
-    model: nn.Module, name: str, sha256: str, cache_dir: Path, threads: int | None = None
-) -> OnnxTagger:
-    """Load the cached export for this checkpoint, exporting it first if needed."""
+def ensure_export(model: Callable[[], nn.Module], name: str, sha256: str, cache_dir: Path) -> Path:
+    """The cached export of checkpoint ``sha256``, exported first (from ``model()``, so the
+    checkpoint is read only then) if the cache does not hold it."""
     path = onnx_cache_path(cache_dir, name, sha256)
     if not path.is_file():
         log.warning(
@@ -168,6 +197,13 @@ def cached_onnx_tagger(
             path,
         )
         started = time.monotonic()
-        export_onnx(model, path)
+        export_onnx(model(), path)
         log.info("exported %s in %.1f s", name, time.monotonic() - started)
-    return OnnxTagger(path, threads)
+    return path
+
+
+def cached_onnx_tagger(
+    model: nn.Module, name: str, sha256: str, cache_dir: Path, threads: int | None = None
+) -> OnnxTagger:
+    """Load the cached export for this checkpoint, exporting it first if needed."""
+    return OnnxTagger(ensure_export(lambda: model, name, sha256, cache_dir), threads)

@@ -25,14 +25,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
-import torch
-from torch import Tensor, nn
-from tqdm import tqdm
 
 from soundwatch.errors import SoundwatchError
-from soundwatch.models.registry import model_spec
+from soundwatch.model_catalog import model_spec
+
+if TYPE_CHECKING:  # torch loads only to read a checkpoint: a start from a cached ONNX
+    from torch import Tensor, nn  # export needs no torch (docs/performance.md, start-up)
 
 OFFICIAL_WEIGHTS_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 WEIGHTS_URL_ENV = "SOUNDWATCH_WEIGHTS_URL"
@@ -108,6 +109,8 @@ def download_file(url: str, dest: Path, *, expected_sha256: str | None = None) -
     :class:`SoundwatchError` on a truncated or hash-mismatching download; ``dest`` is
     untouched in all failure cases.
     """
+    from tqdm import tqdm
+
     tmp = temporary_sibling(dest)
     try:
         digest = hashlib.sha256()
@@ -246,6 +249,8 @@ def resolve_bundle_file(
 
 def read_checkpoint(path: Path, name: str) -> dict[str, Tensor]:
     """Read a checkpoint's state dict safely (``weights_only``); clear error if unreadable."""
+    import torch
+
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
@@ -256,7 +261,7 @@ def read_checkpoint(path: Path, name: str) -> dict[str, Tensor]:
             f"({name} weights); delete it to download it again or pass another --weights"
         ) from None
     if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
     ):
         got = type(loaded).__name__
         if isinstance(loaded, Mapping):

@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from soundwatch.errors import SoundwatchError
+from soundwatch.model_catalog import model_spec
 from soundwatch.models.loader import LoadedModel
-from soundwatch.models.registry import model_spec
 from soundwatch.models.weights import default_cache_dir
+
+if TYPE_CHECKING:  # torch is imported when the torch backend runs or CUDA must be asked
+    import torch
+    from torch import nn
+
+    from soundwatch.models.onnx_backend import OnnxTagger
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnx"]
 BACKENDS = ("auto", "torch", "onnx")
 N_MELS = 128
+
+GPU_DEVICE_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/kfd")
+"""Present where torch might find a GPU (NVIDIA's driver; ``/dev/kfd``: AMD ROCm). Without
+any of them ``device: auto`` is the CPU, decided without importing torch."""
+
+
+@dataclass(frozen=True)
+class OnnxDevice:
+    """Where the ONNX Runtime backend runs: the CPU (``.type`` as ``torch.device`` has it;
+    no torch needed)."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return self.type
+
+
+def certainly_no_gpu() -> bool:
+    """True when no GPU driver is visible, so CUDA cannot be available (torch not asked)."""
+    return not any(Path(p).exists() for p in GPU_DEVICE_FILES)
+
+
+def device_type_without_torch(device: str) -> str | None:
+    """``"cpu"`` when ``device`` is certainly the CPU (``cpu``, or ``auto`` without a GPU
+    driver); None when only torch can tell."""
+    if device == "cpu" or (device == "auto" and certainly_no_gpu()):
+        return "cpu"
+    return None
 
 
 def onnxruntime_available() -> bool:
@@ -31,7 +65,7 @@ def onnxruntime_available() -> bool:
         return False
 
 
-def choose_backend(backend: str, model_name: str, device: torch.device) -> Backend:
+def choose_backend(backend: str, model_name: str, device: torch.device | str) -> Backend:
     """``auto`` -> the fastest correct backend measured for this model and device.
 
     ONNX Runtime on the CPU for the MobileNets (``mn*``: 1.5-6x eager torch per window,
@@ -42,13 +76,16 @@ def choose_backend(backend: str, model_name: str, device: torch.device) -> Backe
         raise SoundwatchError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend  # type: ignore[return-value]
-    if device.type == "cpu" and model_spec(model_name).family == "mn" and onnxruntime_available():
+    device_type = device if isinstance(device, str) else device.type
+    if device_type == "cpu" and model_spec(model_name).family == "mn" and onnxruntime_available():
         return "onnx"
     return "torch"
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -94,6 +131,10 @@ class InferenceWorker:
     ``channels_last`` stores activations NHWC in the CPU torch backend; ``None`` (default)
     turns it on for the MobileNets, where it measured 1.5-1.7x faster, and off for DyMN,
     where it does not help (see docs/performance.md).
+
+    Torch is imported only when needed: an ONNX worker (explicit, or ``auto`` on a machine
+    with no GPU driver) whose export is cached runs without it, and without reading the
+    checkpoint when ``loaded`` was made with ``load_model(..., lazy=True)``.
     """
 
     def __init__(
@@ -110,46 +151,70 @@ class InferenceWorker:
             raise SoundwatchError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
         auto = backend == "auto"
         if auto:
-            backend = choose_backend(backend, loaded.name, resolve_device(device))
+            device_type = device_type_without_torch(device) or resolve_device(device).type
+            backend = choose_backend(backend, loaded.name, device_type)
         if threads is not None and threads < 1:
             raise SoundwatchError(f"threads must be at least 1, got {threads}")
         self.loaded = loaded
         self.backend: Backend = backend  # type: ignore[assignment]
         self.threads = threads
+        self.device: torch.device | OnnxDevice
+        self._onnx: OnnxTagger | None = None
+        self.channels_last = False
         if backend == "onnx":
             if device not in ("auto", "cpu"):
                 raise SoundwatchError(
                     f"backend 'onnx' runs on the CPU only; use device 'cpu' or 'auto', "
                     f"or backend 'torch' for {device!r}"
                 )
-            self.device = torch.device("cpu")
-        else:
-            self.device = resolve_device(device)
-        if threads is not None and self.device.type == "cpu" and backend == "torch":
-            torch.set_num_threads(threads)
-        self.model = loaded.model.eval()
-        self._onnx = None
-        self.channels_last = False
-        if backend == "onnx":
-            from soundwatch.models.onnx_backend import cached_onnx_tagger
-
-            cache = cache_dir if cache_dir is not None else default_cache_dir()
+            self.device = OnnxDevice()
             try:
-                self._onnx = cached_onnx_tagger(
-                    self.model.to("cpu"), loaded.name, loaded.sha256, cache, threads
-                )
+                self._onnx = self._open_onnx(cache_dir)
             except Exception as error:  # auto falls back to torch; an explicit choice fails
                 if not auto:
                     raise
                 log.warning("ONNX Runtime unusable (%s); backend auto uses torch", error)
                 self.backend = backend = "torch"
         if backend == "torch":
-            self.model.to(self.device)
-            if channels_last is None:
-                channels_last = model_spec(loaded.name).family == "mn"
-            self.channels_last = channels_last and self.device.type == "cpu"
-            if self.channels_last:
-                self.model.to(memory_format=torch.channels_last)
+            self._setup_torch(device, channels_last)
+
+    def _open_onnx(self, cache_dir: Path | None) -> OnnxTagger:
+        """The ONNX Runtime session of this checkpoint's cached export (exported first on a
+        cache miss, which reads the checkpoint); the output sizes come from the graph."""
+        from soundwatch.models.onnx_backend import OnnxTagger, ensure_export
+
+        loaded = self.loaded
+        cache = cache_dir if cache_dir is not None else default_cache_dir()
+        path = ensure_export(lambda: loaded.model.to("cpu"), loaded.name, loaded.sha256, cache)
+        session = OnnxTagger(path, self.threads)
+        classes = session.output_width(0)
+        if classes != loaded.num_classes:
+            raise SoundwatchError(
+                f"the ONNX model {path} has {classes} outputs but {loaded.name} has "
+                f"{loaded.num_classes} labels; delete it to export it again"
+            )
+        loaded.know_embedding_dim(session.output_width(1))
+        return session
+
+    def _setup_torch(self, device: str, channels_last: bool | None) -> None:
+        """Torch backend: the model on its device, threads, memory format."""
+        import torch
+
+        self.device = resolve_device(device)
+        if self.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        model = self.loaded.model.eval()
+        model.to(self.device)
+        if channels_last is None:
+            channels_last = model_spec(self.loaded.name).family == "mn"
+        self.channels_last = channels_last and self.device.type == "cpu"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    @property
+    def model(self) -> nn.Module:
+        """The torch module (reading the checkpoint if the ONNX backend has not needed it)."""
+        return self.loaded.model
 
     @property
     def num_classes(self) -> int:
@@ -177,15 +242,17 @@ class InferenceWorker:
         return self._infer_torch(batch)
 
     def _infer_torch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    logits, embedding = self.model(x)
+                    logits, embedding = self.loaded.model(x)
             else:
-                logits, embedding = self.model(x)
+                logits, embedding = self.loaded.model(x)
             probs = torch.sigmoid(logits.float())
         return probs.cpu().numpy(), embedding.float().cpu().numpy()
 
