@@ -194,6 +194,11 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
     click.option("--backend", type=click.Choice(["auto", "torch", "onnx"])),
     click.option("--threads", type=int),
+    click.option(
+        "--parallel",
+        metavar="auto|N",
+        help="chunks each forward pass runs as at once (model.parallel; auto: the CPU cores)",
+    ),
     click.option("--window", type=float, metavar="SECONDS"),
     click.option("--hop", type=float, metavar="SECONDS"),
     click.option(
@@ -290,6 +295,7 @@ def run_config(options: dict[str, Any]) -> Any:
             "inference.engine": engine,
             "inference.ray_address": ray_address,
             "inference.replicas": replicas,
+            "model.parallel": options["parallel"],
             **model_and_window_overrides(
                 model_name, weights, device, backend, threads, window, hop
             ),

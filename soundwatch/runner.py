@@ -34,6 +34,7 @@ from soundwatch.models import (
     load_model,
     resolve_bundle_file,
 )
+from soundwatch.models.parallel import ParallelInfer, resolve_parallel, session_threads
 from soundwatch.pipeline import TAGS, Collector, Pipeline, WindowResult
 from soundwatch.recorder.examples import LiveAudio
 from soundwatch.recorder.recorder import Recorder
@@ -85,7 +86,7 @@ class Tagger:
             worker = InferenceWorker(
                 loaded,
                 device=config.model.device,
-                threads=config.model.threads,
+                threads=session_threads(config.model.threads, config.model.parallel),
                 backend=config.model.backend,
             )
         return cls(loaded, worker)
@@ -154,6 +155,14 @@ def gate_settings(config: Config) -> GateSettings | None:
     return GateSettings(gate.level_db, gate.spectrum_db, gate.max_carry_s)
 
 
+def forward_chunks(config: Config, tagger: Tagger) -> int:
+    """How many chunks each forward pass runs as (``model.parallel`` for this tagger's
+    device and engine: the usable cores on the CPU, else 1)."""
+    return resolve_parallel(
+        config.model.parallel, device=tagger.worker.device.type, engine=config.inference.engine
+    )
+
+
 def events_window(config: EventsConfig) -> tuple[float, float] | None:
     return (config.window, config.hop) if config.enabled else None
 
@@ -218,6 +227,7 @@ def run_live(
     mel_tap = MelTap()
     recorder: Recorder | None = None
     control: ControlServer | None = None
+    parallel: ParallelInfer | None = None
     try:
         if attached.wanted:
             outputs.append(attached.bind())
@@ -230,7 +240,10 @@ def run_live(
                 config.recorder, tagger.labels, tagger.loaded.name, streams=[s.id for s in sources]
             )
         audio = _live_audio(config, recorder)
-        inference = InferenceStats(tagger.worker.infer)  # batch sizes and times, for status
+        chunks = forward_chunks(config, tagger)
+        parallel = ParallelInfer(tagger.worker.infer, chunks)  # forward passes on every core
+        # batch sizes and times of whole passes, for status
+        inference = InferenceStats(parallel)
         pipeline = Pipeline(
             sources,
             inference.infer,
@@ -258,7 +271,7 @@ def run_live(
             pipeline.handlers.append(heads)  # before the live publisher, which reads its fields
         live = LivePublisher(
             publisher,
-            live_settings(config, tagger, events),
+            live_settings(config, tagger, events, chunks),
             pipeline.reports,
             extra_counters=_stage_counters(events, recorder, heads),
             mel_tap=mel_tap,
@@ -295,6 +308,8 @@ def run_live(
             attached.close()
         finally:
             publisher.close()
+            if parallel is not None:
+                parallel.close()
             if own_tagger:
                 tagger.close()
     return pipeline
@@ -368,8 +383,12 @@ def _stage_counters(
     return lambda stream: {k: v for counters in stages for k, v in counters(stream).items()}
 
 
-def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) -> LiveSettings:
-    """What the live publisher says and how it smooths, from the config and the model."""
+def live_settings(
+    config: Config, tagger: Tagger, events: EventsHandler | None, chunks: int = 1
+) -> LiveSettings:
+    """What the live publisher says and how it smooths, from the config and the model;
+    ``chunks``: forward passes split into that many concurrent chunks (status ``backend``
+    ends `` xN``)."""
     groups = None
     if events is not None:
         settings = events.settings
@@ -391,7 +410,8 @@ def live_settings(config: Config, tagger: Tagger, events: EventsHandler | None) 
         mel=config.publish.mel,
         embeddings=config.publish.embeddings,
         groups=groups,
-        backend=f"{tagger.worker.backend}/{tagger.worker.device.type}",
+        backend=f"{tagger.worker.backend}/{tagger.worker.device.type}"
+        + (f" x{chunks}" if chunks > 1 else ""),
     )
 
 

@@ -1,0 +1,125 @@
+"""Forward passes on every core: one batch split into chunks run at the same time.
+
+The pipeline runs one forward pass at a time on its inference thread. ONNX Runtime's own
+intra-op threads barely help at the batch sizes a live run makes (measured: about one core
+used however many threads it has), so on a machine with N cores :class:`ParallelInfer`
+splits a pass into up to N chunks of consecutive windows, runs them at once (one on the
+calling thread, the others on a fixed pool; ONNX Runtime and torch release the GIL while
+they compute, and one ONNX Runtime session may be run from several threads) and
+concatenates the outputs in order. To the caller it is still one call: it returns when
+every chunk has, and raises the first chunk's error if any failed, so a failed pass
+loses all its windows at once and the pipeline's watchdog times the whole pass.
+Measured in ``benchmarks/parallel_inference.py`` (docs/performance.md).
+
+numpy and the standard library only: no torch here (the wrapper runs any ``infer``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from itertools import pairwise
+
+import numpy as np
+
+from soundwatch.errors import SoundwatchError
+
+InferFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+MIN_CHUNK = 4
+"""Fewest windows per chunk: a batch of fewer than ``2 * MIN_CHUNK`` windows stays one call
+(below a few windows per call, the fixed cost of a call and of the hand-off to the pool is a
+large part of the pass; docs/performance.md)."""
+
+MAX_PARALLEL = 256
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under taskset or a
+    container's cpuset), not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_parallel(setting: int | str, *, device: str, engine: str = "local") -> int:
+    """``model.parallel`` -> how many chunks a forward pass is split into.
+
+    ``auto``: the usable cores on the CPU; 1 on CUDA (one batch keeps the GPU busy) and with
+    the Ray engine (it already splits a pass into requests). A number is used as given.
+    """
+    if setting == "auto":
+        if device != "cpu" or engine != "local":
+            return 1
+        return usable_cores()
+    if (
+        isinstance(setting, bool)
+        or not isinstance(setting, int)
+        or not 1 <= setting <= MAX_PARALLEL
+    ):
+        raise SoundwatchError(
+            f"model.parallel must be 'auto' or a whole number from 1 to {MAX_PARALLEL}, "
+            f"got {setting!r}"
+        )
+    return setting
+
+
+def chunk_bounds(size: int, chunks: int, min_chunk: int = MIN_CHUNK) -> list[int]:
+    """Where a batch of ``size`` windows is cut: at most ``chunks`` near-equal chunks of at
+    least ``min_chunk`` windows each (one chunk when the batch is too small to split)."""
+    count = max(1, min(chunks, size // max(1, min_chunk)))
+    return [size * i // count for i in range(count + 1)]
+
+
+class ParallelInfer:
+    """``infer(mels [B, ...]) -> (probs [B, C], embeddings [B, D])`` run as up to
+    ``chunks`` concurrent calls on consecutive slices of the batch, outputs in order.
+
+    ``chunks=1`` calls ``infer`` directly (no pool). :meth:`close` stops the pool.
+    """
+
+    def __init__(self, infer: InferFn, chunks: int, min_chunk: int = MIN_CHUNK) -> None:
+        if chunks < 1:
+            raise SoundwatchError(f"chunks must be at least 1, got {chunks}")
+        if min_chunk < 1:
+            raise SoundwatchError(f"min_chunk must be at least 1, got {min_chunk}")
+        self.infer = infer
+        self.chunks = chunks
+        self.min_chunk = min_chunk
+        self._pool = (
+            ThreadPoolExecutor(chunks - 1, thread_name_prefix="forward") if chunks > 1 else None
+        )
+        self.split_passes = 0  # passes that ran as more than one chunk
+
+    def __call__(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bounds = chunk_bounds(len(mels), self.chunks, self.min_chunk)
+        if len(bounds) <= 2 or self._pool is None:
+            return self.infer(mels)
+        self.split_passes += 1
+        futures: list[Future[tuple[np.ndarray, np.ndarray]]] = [
+            self._pool.submit(self.infer, mels[start:stop]) for start, stop in pairwise(bounds[1:])
+        ]
+        try:
+            first = self.infer(mels[bounds[0] : bounds[1]])
+        finally:
+            wait(futures)  # never return (or raise) while a chunk still runs
+        parts = [first, *(future.result() for future in futures)]  # the first error raises
+        probs = np.concatenate([p for p, _ in parts])
+        embeddings = np.concatenate([e for _, e in parts])
+        return probs, embeddings
+
+    def close(self) -> None:
+        """Stop the pool's threads (after the chunks they run)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def session_threads(threads: int | None, parallel: int | str) -> int | None:
+    """Runtime (ONNX Runtime, torch) threads per forward pass: ``model.threads`` when set;
+    else 1 when passes may be split (``model.parallel`` not 1): each chunk is one thread,
+    and a runtime pool per chunk would oversubscribe the cores; else the runtime's default."""
+    if threads is not None:
+        return threads
+    return None if parallel == 1 else 1
