@@ -154,6 +154,8 @@ def thread_cpu() -> dict[int, float]:
 def thread_group(name: str) -> str:
     if name.startswith("stream-"):
         return "stream threads"
+    if name.startswith("forward"):
+        return "forward chunks"  # model.parallel's pool (the first chunk runs on inference)
     if name in ("inference", "delivery", "capture", "MainThread"):
         return name
     return "other python"
@@ -165,6 +167,7 @@ def build_tagger(args: argparse.Namespace) -> Any:
 
     from soundwatch.labels import AUDIOSET_CLASSES, read_class_labels
     from soundwatch.models import InferenceWorker, LoadedModel, build_model, load_model
+    from soundwatch.models.parallel import session_threads
     from soundwatch.models.weights import LABELS_FILE, resolve_bundle_file
     from soundwatch.runner import Tagger
 
@@ -189,8 +192,14 @@ def build_tagger(args: argparse.Namespace) -> Any:
             weights_path=labels_dir / f"random-{args.model}.pt",
             sha256=weights_key(model),
         )
-    worker = InferenceWorker(loaded, device="cpu", threads=args.threads, backend=args.backend)
+    threads = session_threads(args.threads, parallel_setting(args.parallel))  # as run does
+    worker = InferenceWorker(loaded, device="cpu", threads=threads, backend=args.backend)
     return Tagger(loaded, worker)
+
+
+def parallel_setting(value: str) -> int | str:
+    """``--parallel``: ``auto`` or a number of chunks (``model.parallel``)."""
+    return value if value == "auto" else int(value)
 
 
 def source_specs(args: argparse.Namespace) -> list[dict]:
@@ -228,6 +237,7 @@ def run_once(args: argparse.Namespace) -> dict:
         "windows.hop": args.hop,
         "model.name": args.model,
         "model.backend": args.backend,
+        "model.parallel": parallel_setting(args.parallel),
     }
     if args.max_pending is not None:
         overrides["pipeline.max_pending_windows"] = args.max_pending
@@ -300,6 +310,7 @@ def run_once(args: argparse.Namespace) -> dict:
         "streams": args.streams,
         "model": args.model,
         "backend": tagger.worker.backend,
+        "parallel": args.parallel,
         "window": args.window,
         "hop": args.hop,
         "source": args.source,
@@ -445,6 +456,7 @@ def reference_costs(args: argparse.Namespace) -> dict:
 def trial(args: argparse.Namespace, streams: int) -> dict:
     command = [sys.executable, __file__, "--streams", str(streams), "--json"]
     keys = ("seconds", "model", "window", "hop", "backend", "source", "threads", "weights")
+    keys += ("parallel",)
     for key in (*keys, "quiet", "gate"):
         value = getattr(args, key)
         if value is not None:
@@ -496,6 +508,7 @@ def find_capacity(args: argparse.Namespace) -> dict:
         "window": args.window,
         "hop": args.hop,
         "backend": trials[args.start]["backend"],
+        "parallel": args.parallel,
         **refs,
         "of_bound": round(good / refs["bound_streams"], 3),
         "of_bound_all_series": round(good / refs["bound_all_series_streams"], 3),
@@ -545,6 +558,7 @@ def main() -> int:
     parser.add_argument("--hop", type=float, default=0.5)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--parallel", default="auto", help="model.parallel: auto or N chunks")
     parser.add_argument("--weights")
     parser.add_argument("--source", choices=("file", "synthetic"), default="file")
     parser.add_argument("--max-pending", type=int)

@@ -421,7 +421,7 @@ def tag(
     (times in seconds from the file's start).
     """
     from soundwatch.config import apply_overrides, load_config, model_and_window_overrides
-    from soundwatch.runner import Tagger, tag_file
+    from soundwatch.runner import Tagger, forward_chunks, tag_file
 
     config = apply_overrides(
         load_config(config_path),
@@ -447,6 +447,7 @@ def tag(
                 config.windows.hop,
                 events=config.events if show_events else None,
                 heads=heads,
+                chunks=forward_chunks(config, tagger),
             )
         except SoundwatchError as error:
             click.echo(f"soundwatch: error: {error}", err=True)

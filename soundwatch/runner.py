@@ -471,10 +471,12 @@ def tag_file(
     hop_s: float,
     events: EventsConfig | None = None,
     heads: HeadBank | None = None,
+    chunks: int = 1,
 ) -> FileTags:
     """Tag one audio file with sliding windows, as ``run --source file:PATH --pace fast``
     does; with ``events``, also the events the live pipeline would publish for it (those
-    of the ``heads``' labels too)."""
+    of the ``heads``' labels too). ``chunks``: forward passes split into that many
+    concurrent chunks (:func:`forward_chunks`)."""
     spec = f"file:{path}"
     source = open_source(parse_source_spec(spec).default_id(), spec, pace="fast")
     collector = Collector()
@@ -484,15 +486,19 @@ def tag_file(
         handlers.append(handler)
     if heads is not None and events is not None:
         handlers.append(HeadsHandler(heads, found.append, events, hop_s, "none"))
+    parallel = ParallelInfer(tagger.worker.infer, chunks)
     pipeline = Pipeline(
         [source],
-        tagger.worker.infer,
+        parallel,
         handlers,
         window_s=window_s,
         hop_s=hop_s,
         events_window=events_window(events) if events is not None else None,
     )
-    pipeline.run()
+    try:
+        pipeline.run()
+    finally:
+        parallel.close()
     windows = [r for r in collector.results if TAGS in r.purposes]
     origin = pipeline.streams[0].first_t
     return FileTags(windows, found, origin if origin is not None else 0.0)
