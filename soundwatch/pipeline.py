@@ -13,7 +13,10 @@ Threads and what they own:
 - one **stream thread** per source that waits when inference is behind
   (``Source.waits_when_behind``: a fast-paced file, a pipe), since its ``put`` may block;
 - one **inference thread**: takes due windows of all streams and runs them as one batch
-  through the tagger (forward passes only), then hands the batch with its outputs to
+  through the tagger (forward passes only; ``soundwatch run`` gives it a tagger that splits
+  a pass into concurrent chunks, one per core: :mod:`soundwatch.models.parallel`, still one
+  call here, so a failed chunk fails the pass and the watchdog times the whole pass), then
+  hands the batch with its outputs to
 - one **delivery thread** through a queue of two batches: it turns each output into a
   :class:`~soundwatch.results.WindowResult` and hands it to the result handlers
   (publisher, event detector, collector) in each stream's time order. The model releases
