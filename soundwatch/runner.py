@@ -217,10 +217,7 @@ def run_live(
     """
     own_tagger = tagger is None  # closed here (a Ray deployment is deleted)
     tagger = tagger or Tagger.from_config(config)
-    warmup_frontend()
-    tagger.worker.warmup(seconds_to_frames(config.windows.window), config.pipeline.max_batch)
-    if config.events.enabled and config.events.window != config.windows.window:
-        tagger.worker.warmup(seconds_to_frames(config.events.window))
+    warming = Warmup(config, tagger)  # runs on while the sources capture the first window
     outputs = build_outputs(config)
     attached = AttachedSubscribers(config)
     publisher = Publisher(outputs)
@@ -299,6 +296,7 @@ def run_live(
                 on_ready(pipeline, endpoints, notes)
             _wait_for_subscribers(zmq_outputs, config)
             pipeline.run()
+        warming.finish()
     finally:
         try:
             if control is not None:
@@ -313,6 +311,48 @@ def run_live(
             if own_tagger:
                 tagger.close()
     return pipeline
+
+
+class Warmup:
+    """Start-up work that can run while the sources capture the first window, in a thread:
+    the frontend's numba kernels (loaded from numba's on-disk cache, about 1 s, mostly
+    numba's own first-use imports) and the model's first passes (at ``pipeline.max_batch``,
+    so ONNX Runtime's arena is at its high-water mark before the first stream's batch).
+
+    The first tags still wait for the first window's audio, which takes longer (3 s by
+    default); done before the sources opened, this work added its time to the start-up
+    (docs/performance.md, start-up). Numba's compiler lock is held while the kernels load
+    and are checked against the frontend's tables, so a stream that pushes audio first
+    waits for them (its audio waits in the source's ring) and never runs a stale kernel.
+    """
+
+    def __init__(self, config: Config, tagger: Tagger) -> None:
+        self.config = config
+        self.tagger = tagger
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="warmup", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from numba.core.compiler_lock import global_compiler_lock
+
+        config = self.config
+        try:
+            with global_compiler_lock:
+                warmup_frontend()
+            frames = seconds_to_frames(config.windows.window)
+            self.tagger.worker.warmup(frames, config.pipeline.max_batch)
+            if config.events.enabled and config.events.window != config.windows.window:
+                self.tagger.worker.warmup(seconds_to_frames(config.events.window))
+        except BaseException as error:  # raised again by finish(), in the caller's thread
+            log.exception("start-up warm-up failed")
+            self.error = error
+
+    def finish(self) -> None:
+        """Wait for the warm-up; raise what failed in it."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _live_audio(config: Config, recorder: Recorder | None) -> LiveAudio | None:
