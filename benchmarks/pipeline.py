@@ -21,7 +21,8 @@ the time, which activity gating (``--gate on|off``, ``pipeline.gate``) exploits.
 ``--rss-every S`` samples RSS every S seconds (``rss_samples``) and reports its growth after
 ``--warmup`` seconds (``rss_growth_after_warmup_mb``). ``--startup`` measures, with warm
 caches, how long ``soundwatch run`` takes from launch to the first ``tags`` message at a
-subscriber, minus the first window's own audio (the window length), over ``--runs`` launches.
+subscriber, minus the first window's own audio (the window length), over ``--runs`` launches,
+against the same launch with ``import torch`` first (baseline: what a start cost with torch).
 
 ``--find-capacity`` searches the largest N that holds (no window dropped over the run and
 p99 latency under ``--max-p99`` s, 1.5 by default), each trial a fresh process, and prints
@@ -350,38 +351,50 @@ def run_once(args: argparse.Namespace) -> dict:
 # --- start-up ------------------------------------------------------------------------------
 def startup(args: argparse.Namespace) -> dict:
     """Launch ``soundwatch run`` on a clip (warm caches: a launch first, not counted) and
-    time launch -> first ``tags`` message received, minus the first window's audio."""
+    time launch -> first ``tags`` message received, minus the first window's audio.
+
+    Each run also launches the baseline, the same command with ``import torch`` first (what
+    every start paid before a run served by a cached ONNX export stopped importing it),
+    alternating with the real launches so both see the same machine load."""
     from soundwatch.client import Subscriber
 
     clip = sorted(CLIPS.glob("*.wav"))[0]
     soundwatch = Path(sys.executable).parent / "soundwatch"
-    times = []
+    torch_first = [sys.executable, "-c", "import torch, sys; from soundwatch.cli import main; "
+                   "sys.argv[0] = 'soundwatch'; main()"]  # fmt: skip
+    variants = {"soundwatch": [str(soundwatch)], "torch_first": torch_first}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for run in range(args.runs + 1):
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        command = [str(soundwatch), "run", "--source", f"file:{clip}", "--publish", endpoint]
-        command += ["--window", str(args.window), "--hop", str(args.hop), "--loop"]
-        command += ["--model", args.model, "--backend", args.backend]
-        if args.model == "mn04" and MN04.is_file():
-            command += ["--weights", str(MN04)]
-        with Subscriber(endpoint, topics=["tags."]) as sub:
-            started = time.monotonic()
-            process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-            try:
-                message = sub.receive(timeout=120)
-                elapsed = time.monotonic() - started
-            finally:
-                process.terminate()
-                process.wait(30)
-        if message is None:
-            raise SystemExit("no tags message within 120 s of launch")
-        if run:  # the first launch warms the caches (numba, ONNX, the OS's file cache)
-            times.append(elapsed - args.window)
+        for name, launcher in variants.items():
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            command = [*launcher, "run", "--source", f"file:{clip}", "--publish", endpoint]
+            command += ["--window", str(args.window), "--hop", str(args.hop), "--loop"]
+            command += ["--model", args.model, "--backend", args.backend]
+            if args.model == "mn04" and MN04.is_file():
+                command += ["--weights", str(MN04)]
+            with Subscriber(endpoint, topics=["tags."]) as sub:
+                started = time.monotonic()
+                process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+                try:
+                    message = sub.receive(timeout=120)
+                    elapsed = time.monotonic() - started
+                finally:
+                    process.terminate()
+                    process.wait(30)
+            if message is None:
+                raise SystemExit(f"{name}: no tags message within 120 s of launch")
+            if run:  # the first launch warms the caches (numba, ONNX, the OS's file cache)
+                times[name].append(elapsed - args.window)
+    median = {name: statistics.median(values) for name, values in times.items()}
     return {
         "model": args.model,
         "backend": args.backend,
         "window": args.window,
-        "startup_s_median": round(statistics.median(times), 2),
-        "startup_s_runs": [round(t, 2) for t in times],
+        "startup_s_median": round(median["soundwatch"], 2),
+        "startup_s_runs": [round(t, 2) for t in times["soundwatch"]],
+        "baseline_torch_first_s_median": round(median["torch_first"], 2),
+        "baseline_torch_first_s_runs": [round(t, 2) for t in times["torch_first"]],
+        "speedup_vs_torch_first": round(median["torch_first"] / median["soundwatch"], 2),
         "loadavg_1min": round(os.getloadavg()[0], 2),
     }
 
