@@ -146,3 +146,16 @@ def test_lazy_loaded_model_keeps_the_eager_interface(weights: Path) -> None:
     assert not module.training
     lazy.model = module  # the setter, as benchmarks/custom.py does after fine-tuning
     assert lazy.is_read and lazy.model is module and lazy.embedding_dim == 384
+
+
+def test_damaged_checkpoint_on_a_cache_miss_is_named(tmp_path: Path) -> None:
+    """A lazy load only hashes the file; the miss that must export reads it and says that
+    the checkpoint is damaged (not that ONNX Runtime is unusable)."""
+    import shutil
+
+    bad = tmp_path / "mn04_as_mAP_432.pt"
+    bad.write_bytes(b"not a checkpoint")
+    shutil.copy(shared_file("models/class_labels_indices.csv"), tmp_path)
+    loaded = load_model("mn04", bad, download=False, lazy=True)
+    with pytest.raises(SoundwatchError, match=r"cannot read .* as a PyTorch checkpoint"):
+        InferenceWorker(loaded, device="cpu", backend="auto", cache_dir=tmp_path / "cache")

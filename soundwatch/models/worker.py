@@ -12,13 +12,12 @@ import numpy as np
 from soundwatch.errors import SoundwatchError
 from soundwatch.model_catalog import model_spec
 from soundwatch.models.loader import LoadedModel
+from soundwatch.models.onnx_backend import OnnxTagger, ensure_export, onnx_cache_path
 from soundwatch.models.weights import default_cache_dir
 
 if TYPE_CHECKING:  # torch is imported when the torch backend runs or CUDA must be asked
     import torch
     from torch import nn
-
-    from soundwatch.models.onnx_backend import OnnxTagger
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +167,11 @@ class InferenceWorker:
                     f"or backend 'torch' for {device!r}"
                 )
             self.device = OnnxDevice()
+            cache = cache_dir if cache_dir is not None else default_cache_dir()
+            if not onnx_cache_path(cache, loaded.name, loaded.sha256).is_file():
+                _ = loaded.model  # a miss exports: a damaged checkpoint fails here, as such
             try:
-                self._onnx = self._open_onnx(cache_dir)
+                self._onnx = self._open_onnx(cache)
             except Exception as error:  # auto falls back to torch; an explicit choice fails
                 if not auto:
                     raise
@@ -178,13 +180,10 @@ class InferenceWorker:
         if backend == "torch":
             self._setup_torch(device, channels_last)
 
-    def _open_onnx(self, cache_dir: Path | None) -> OnnxTagger:
-        """The ONNX Runtime session of this checkpoint's cached export (exported first on a
-        cache miss, which reads the checkpoint); the output sizes come from the graph."""
-        from soundwatch.models.onnx_backend import OnnxTagger, ensure_export
-
+    def _open_onnx(self, cache: Path) -> OnnxTagger:
+        """An ONNX Runtime session of this checkpoint's export cached in ``cache`` (made
+        first on a cache miss); the output sizes come from the graph."""
         loaded = self.loaded
-        cache = cache_dir if cache_dir is not None else default_cache_dir()
         path = ensure_export(lambda: loaded.model.to("cpu"), loaded.name, loaded.sha256, cache)
         session = OnnxTagger(path, self.threads)
         classes = session.output_width(0)
