@@ -22,10 +22,24 @@ from types import TracebackType
 
 import zmq
 
+from soundwatch.endpoints import check_endpoint
+from soundwatch.errors import SoundwatchError
 from soundwatch.security.curve import CurveClient, client_monitor
 from soundwatch.sinks.messages import MAX_PAYLOAD, Envelope, MalformedMessage, decode
 
 __all__ = ["CurveClient", "MalformedMessage", "Subscriber", "decode"]
+
+
+def subscribe_endpoints(endpoints: str | list[str]) -> list[str]:
+    """The endpoints as a list, each checked as a connect address: a typo is one line
+    naming it (:class:`SoundwatchError`), not ZeroMQ's silence (``tcp://:5557``) or EINVAL."""
+    endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    for endpoint in endpoints:
+        try:
+            check_endpoint(endpoint, connect=True)
+        except ValueError as error:
+            raise SoundwatchError(f"cannot subscribe: {error}") from None
+    return endpoints
 
 
 class Subscriber:
@@ -39,12 +53,12 @@ class Subscriber:
         context: zmq.Context | None = None,
         curve: CurveClient | None = None,
     ) -> None:
+        endpoints = subscribe_endpoints(endpoints)
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_PAYLOAD)  # a bigger frame drops the peer
-        endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self._monitor = None
         if curve is not None:
             curve.secure(self.socket)

@@ -70,3 +70,25 @@ def test_tail_json_filters_by_topic() -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["state"] for r in records] == ["start", "end"]
     assert records[1]["offset"] == 5.5 and records[0]["seq"] == 0 and records[1]["seq"] == 1
+
+
+def test_subscribers_refuse_a_bad_endpoint_in_one_line() -> None:
+    """A subscriber's endpoint typo is named before connecting (ZeroMQ would wait in silence
+    on tcp://:5557 or wrap port 70000), by tail, the dashboard and the MQTT bridge alike."""
+    for command, endpoint, problem in (
+        (["tail"], "tcp://:5557", "it has no host"),
+        (["tail"], "tcp://127.0.0.1:70000", "is not a number from 1 to 65535"),
+        (["tail"], "tcp://*:5557", "host * only works when listening"),
+        (["dashboard", "--port", "0"], "tcp://127.0.0.1:", "is not a number from 1 to 65535"),
+        (["mqtt", "--broker", "mqtt://127.0.0.1:1"], "tcp://:5557", "it has no host"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "soundwatch.cli", *command, "--endpoint", endpoint],
+            capture_output=True,
+            cwd=REPO,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0
+        assert problem in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from soundwatch.client import CurveClient, Subscriber
+from soundwatch.client import CurveClient, Subscriber, subscribe_endpoints
 from soundwatch.dashboard.config import check_token_needed
 from soundwatch.dashboard.history import HistoryRoutes
 from soundwatch.dashboard.state import DashboardState
@@ -304,7 +304,7 @@ class DashboardServer:
         self.curve = curve
         self.record = record  # the record directory whose history and clips are served
         self.history = HistoryRoutes(record, control, curve)  # and the groups, through control
-        self.endpoints = [connectable(endpoint) for endpoint in endpoints]
+        self.endpoints = subscribe_endpoints([connectable(endpoint) for endpoint in endpoints])
         self.host = host
         self.port = port
         self.state = DashboardState()

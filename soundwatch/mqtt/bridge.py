@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from soundwatch.client import CurveClient, Subscriber
+from soundwatch.client import CurveClient, Subscriber, subscribe_endpoints
 from soundwatch.errors import SoundwatchError
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.mqtt.control import ControlLink
@@ -103,7 +103,7 @@ class MqttBridge:
             raise SoundwatchError(
                 "no MQTT broker given: pass --broker mqtt://HOST[:PORT] (or set mqtt.broker)"
             )
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.endpoints = subscribe_endpoints(endpoints)
         self.config = config
         self.curve = curve  # CURVE keys for the ZeroMQ side, if the publisher uses CURVE
         self.address = config.address
