@@ -268,3 +268,82 @@ def test_a_head_label_that_repeats_an_event_group_is_refused(head_file, tmp_path
             RunBackbone(b.model, b.weights_sha256, b.window_s),
             reserved=["speech", "music"],
         )
+
+
+def small_head(name: str, labels: list[str], inputs: str, seed: int) -> Head:
+    """A hand-made head on 8-dim embeddings (and 3 AudioSet classes when it reads them)."""
+    rng = np.random.default_rng(seed)
+    width = 8 + (3 if inputs == "embedding+sqrt_probs" else 0)
+    return Head(
+        name=name,
+        labels=labels,
+        thresholds=np.full(len(labels), 0.5, np.float32),
+        mean=rng.standard_normal(width).astype(np.float32),
+        scale=rng.uniform(0.5, 2, width).astype(np.float32),
+        weights=[rng.standard_normal((width, len(labels))).astype(np.float32)],
+        biases=[rng.standard_normal(len(labels)).astype(np.float32)],
+        backbone=Backbone("mn04", "ab" * 32, 8, 3.0, num_classes=3),
+        inputs=inputs,
+    )
+
+
+def test_a_bank_builds_each_windows_features_once_for_all_its_heads(
+    tmp_path, monkeypatch
+) -> None:
+    import soundwatch.heads.live as live
+
+    heads = [
+        small_head("a", ["a1", "a2"], "embedding+sqrt_probs", 1),
+        small_head("b", ["b1"], "embedding+sqrt_probs", 2),
+        small_head("c", ["c1", "c2", "c3"], "embedding", 3),
+    ]
+    for head in heads:
+        head.save(tmp_path / f"{head.name}.swhead")
+    bank = HeadBank([tmp_path], RunBackbone("mn04", "ab" * 32, 3.0))
+    assert bank.labels == ["a1", "a2", "b1", "c1", "c2", "c3"]
+    built: list[str] = []
+
+    def counting(embeddings, probs, inputs):
+        built.append(inputs)
+        return live_features(embeddings, probs, inputs)
+
+    live_features = live.head_features
+    monkeypatch.setattr(live, "head_features", counting)
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((4, 8)).astype(np.float32)
+    probs = rng.uniform(0, 1, (4, 3)).astype(np.float32)
+    stacked = bank.predict(embedding, probs)
+    assert sorted(built) == ["embedding", "embedding+sqrt_probs"]  # once per kind, not head
+    expected = np.concatenate([h.predict(embedding, probs) for h in heads], axis=-1)
+    np.testing.assert_allclose(stacked, expected, rtol=1e-6)
+    np.testing.assert_allclose(bank.predict(embedding[0], probs[0]), expected[0], rtol=1e-6)
+
+
+def test_a_format_1_head_file_still_loads_and_an_unknown_version_is_refused(tmp_path) -> None:
+    """Heads saved before format 2 (embedding only, no ``inputs`` key) load as such; a file
+    of a newer format says to learn the head again."""
+    import json
+
+    from soundwatch.heads import fileformat
+
+    head = small_head("old", ["x"], "embedding", 4)
+    with np.load(head.save(tmp_path / "new.swhead")) as z:
+        contents = {name: z[name] for name in z.files}
+    meta = json.loads(contents.pop("meta").tobytes().decode())
+
+    def write(path: Path, version: int) -> Path:
+        old = {k: v for k, v in meta.items() if k not in ("sha256", "inputs")}
+        old["version"] = version
+        old["backbone"] = {k: v for k, v in old["backbone"].items() if k != "num_classes"}
+        old["sha256"] = fileformat._digest(old, contents)
+        raw = np.frombuffer(json.dumps(old).encode(), np.uint8)
+        with open(path, "wb") as fh:
+            np.savez(fh, meta=raw, **contents)
+        return path
+
+    loaded = load_head(write(tmp_path / "v1.swhead", 1))
+    assert loaded.inputs == "embedding" and loaded.backbone.num_classes == 0
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x), head.predict(x), rtol=1e-6)
+    with pytest.raises(SoundwatchError, match="format version 99; this soundwatch reads"):
+        load_head(write(tmp_path / "v99.swhead", 99))

@@ -127,7 +127,11 @@ class Head:
     def predict(self, embeddings: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
         """``[B, D]`` (or ``[D]``) embeddings, with the windows' AudioSet probabilities
         ``[B, C]`` when the head reads them -> ``[B, H]`` (or ``[H]``) float32 probabilities."""
-        x = head_features(embeddings, probs, self.inputs)
+        return self.apply(head_features(embeddings, probs, self.inputs))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The head on its features (``[B, F]`` or ``[F]``, :func:`head_features` of its
+        ``inputs``), for callers that build the features once for several heads."""
         last = len(self._layers) - 1
         for i, (w, b) in enumerate(self._layers):
             x = x @ w + b

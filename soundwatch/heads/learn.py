@@ -301,6 +301,25 @@ def learn_head(
         )
     started = time.perf_counter()
     data = build_training_set(examples, negatives, backend, settings, progress)
+    head, report = head_from_training_set(name, examples, negatives, data, backend, settings)
+    report.seconds["audio_and_embedding"] = round(
+        time.perf_counter() - started - report.seconds["fitting"], 2
+    )
+    return head, report
+
+
+def head_from_training_set(
+    name: str,
+    examples: dict[str, list[Path]],
+    negatives: Sequence[Path],
+    data: TrainingSet,
+    backend: Backend,
+    settings: LearnSettings,
+) -> tuple[Head, LearnReport]:
+    """Calibrate and fit a head on embedded windows (:func:`build_training_set` of the same
+    ``examples`` and ``negatives``): the fitting half of :func:`learn_head`, on its own so
+    that one set of embeddings can serve several fits (``benchmarks/custom.py``)."""
+    labels = list(examples)
     t_embedded = time.perf_counter()
     if settings.calibrate:
         thresholds, f1 = calibrate(data, len(labels), settings)
@@ -316,7 +335,7 @@ def learn_head(
         thresholds={label: round(float(t), 3) for label, t in zip(labels, thresholds, strict=True)},
         heldout_f1={label: round(float(v), 3) for label, v in zip(labels, f1, strict=True)},
         seconds={
-            "audio_and_embedding": round(t_embedded - started, 2),
+            "audio_and_embedding": round(data.seconds_embedding, 2),
             "fitting": round(t_done - t_embedded, 2),
         },
     )

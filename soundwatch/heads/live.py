@@ -7,11 +7,12 @@ to load while running is logged and counted (``heads_load_errors`` in status) an
 keeps what it had; at start it is an error.
 
 :class:`HeadsHandler` is the pipeline result handler: per window it applies every head to
-the window's embedding (one small matrix product per head), smooths the head probabilities
-per stream like the tags, and runs an event detector per stream on them, so a head's
-labels become event groups (``events.<stream>`` messages, group scores in ``tags`` and
-thresholds in ``status``, hence the dashboard and MQTT) with the head's own calibrated
-thresholds. The live publisher asks it for a window's fields (:meth:`tag_fields`).
+the window's features (built once per window for all heads: the embedding and the square
+roots of the AudioSet probabilities; then one small matrix product per head), smooths the
+head probabilities per stream like the tags, and runs an event detector per stream on them,
+so a head's labels become event groups (``events.<stream>`` messages, group scores in
+``tags`` and thresholds in ``status``, hence the dashboard and MQTT) with the head's own
+calibrated thresholds. The live publisher asks it for a window's fields (:meth:`tag_fields`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from soundwatch.errors import SoundwatchError
 from soundwatch.events.config import EventsConfig, GroupConfig
 from soundwatch.events.detector import DetectorSettings, EventDetector
 from soundwatch.events.groups import Group
-from soundwatch.heads.fileformat import HEAD_SUFFIX, Head, load_head
+from soundwatch.heads.fileformat import HEAD_SUFFIX, Head, head_features, load_head
 from soundwatch.results import TAGS, WindowResult
 from soundwatch.sinks.messages import Event
 from soundwatch.sinks.smoothing import TagSmoother
@@ -163,9 +164,14 @@ class HeadBank:
         every head's probabilities, stacked by label."""
         if not self.heads:
             return np.zeros((*np.shape(embedding)[:-1], 0), dtype=np.float32)
-        if len(self.heads) == 1:
-            return self.heads[0].predict(embedding, probs)
-        return np.concatenate([h.predict(embedding, probs) for h in self.heads], axis=-1)
+        features: dict[str, np.ndarray] = {}  # per kind of inputs: built once per window
+        out = []
+        for head in self.heads:
+            x = features.get(head.inputs)
+            if x is None:
+                x = features[head.inputs] = head_features(embedding, probs, head.inputs)
+            out.append(head.apply(x))
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=-1)
 
 
 class HeadsHandler:
