@@ -287,9 +287,7 @@ def small_head(name: str, labels: list[str], inputs: str, seed: int) -> Head:
     )
 
 
-def test_a_bank_builds_each_windows_features_once_for_all_its_heads(
-    tmp_path, monkeypatch
-) -> None:
+def test_a_bank_builds_each_windows_features_once_for_all_its_heads(tmp_path, monkeypatch) -> None:
     import soundwatch.heads.live as live
 
     heads = [
