@@ -99,6 +99,32 @@ def variants(name: str, n: int, with_torch: bool) -> tuple[dict[str, Infer], lis
     return out, closers
 
 
+def idle_share(interval: float = 1.0) -> float:
+    """The machine's idle CPU share over ``interval`` s (from /proc/stat; 1.0 elsewhere)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_idle(share: float, max_wait: float = 600.0) -> float:
+    """Wait until at least ``share`` of the CPU was idle over the last second (others'
+    load: this process waits meanwhile), at most ``max_wait`` s; the share seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        seen = idle_share()
+        if seen >= share or time.monotonic() > deadline:
+            return seen
+
+
 def time_pass(fn: Infer, x: np.ndarray) -> tuple[float, float]:
     """Wall seconds and process CPU seconds of one call."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -106,7 +132,9 @@ def time_pass(fn: Infer, x: np.ndarray) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(name: str, batches: list[int], runs: int, n: int, with_torch: bool) -> list[dict]:
+def measure(
+    name: str, batches: list[int], runs: int, n: int, with_torch: bool, when_idle: float
+) -> list[dict]:
     fns, closers = variants(name, n, with_torch)
     rng = np.random.default_rng(0)
     rows = []
@@ -116,7 +144,10 @@ def measure(name: str, batches: list[int], runs: int, n: int, with_torch: bool) 
             for fn in fns.values():
                 fn(x)  # warm-up (memory arena, first-call allocations)
             samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+            idle = []
             for _ in range(runs):  # round-robin: other load hits every variant alike
+                if when_idle:
+                    idle.append(wait_idle(when_idle))
                 for key, fn in fns.items():
                     samples[key].append(time_pass(fn, x))
             base = statistics.median(w for w, _ in samples[BASELINE])
@@ -135,6 +166,7 @@ def measure(name: str, batches: list[int], runs: int, n: int, with_torch: bool) 
                         "cores_used": round(cores, 2),
                         "cpu_ms_per_window": round(cpu * 1000 / batch, 2),
                         "speedup": round(base / wall, 2),
+                        "idle_before": round(min(idle), 2) if idle else None,
                     }
                 )
             print(f"  {name} batch {batch} done", file=sys.stderr, flush=True)
@@ -164,13 +196,21 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--parallel", type=int, default=usable_cores(), help="chunks / threads")
     parser.add_argument("--torch", action="store_true", help="also eager torch (a) and (c)")
+    parser.add_argument(
+        "--when-idle",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="start each round only when this share of the CPU was idle over 1 s (a shared "
+        "machine: a busy scheduler gives this process one share however many threads it runs)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     for name in args.models.split(","):
-        rows += measure(name, batches, args.runs, args.parallel, args.torch)
+        rows += measure(name, batches, args.runs, args.parallel, args.torch, args.when_idle)
     print(json.dumps(rows) if args.json else table(rows))
     print(f"load average {os.getloadavg()[0]:.2f}, usable cores {usable_cores()}", file=sys.stderr)
     return 0
