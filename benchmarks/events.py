@@ -286,6 +286,169 @@ def learn_calibration(
     return dataclasses.replace(settings, groups=new_groups)
 
 
+# --- calibration that transfers: a shared prior and a pooled logistic ----------------------
+PRIOR_L2 = 0.01  # ridge of a group's weights toward the shared prior (data weight: 1 per group)
+POOLED_L2 = 1e-3  # ridge on the pooled logistic's standardised weights
+POOLED_SHARE = 0.5  # shipped score: logit = (1 - this) x per-group + this x pooled
+BACKGROUND_PERCENTILE = 99.0  # the pooled logistic's background level of a group's max logit
+
+
+def balanced(y: np.ndarray) -> np.ndarray:
+    """Sample weights giving the positives and the negatives of ``y`` half the weight each."""
+    n_pos = max(int(y.sum()), 1)
+    n_neg = max(len(y) - n_pos, 1)
+    return np.where(y == 1, 0.5 / n_pos, 0.5 / n_neg)
+
+
+def fit_toward(
+    x: np.ndarray, y: np.ndarray, sample: np.ndarray, l2: np.ndarray, prior: np.ndarray
+) -> np.ndarray:
+    """Weighted logistic regression without intercept (give a column of ones):
+    ``min sum(sample x logloss) + sum(l2 / 2 x (beta - prior)^2)`` by L-BFGS."""
+    from scipy.optimize import minimize
+
+    def objective(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ beta
+        loss = np.sum(sample * (np.logaddexp(0.0, z) - y * z)) + 0.5 * np.sum(
+            l2 * (beta - prior) ** 2
+        )
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        return float(loss), x.T @ (sample * (p - y)) + l2 * (beta - prior)
+
+    result = minimize(objective, prior, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return result.x
+
+
+def group_training_data(
+    windows: dict[str, Windows], truth: Truth, settings: DetectorSettings, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """All windows' logits ``[N, 527]``, targets ``[N, G]`` and, per group in ``groups``,
+    (its classes' logits, targets) on the windows that are its positives or negatives."""
+    names = settings.labels
+    logits = np.vstack([logit(w.probs) for w in windows.values()])
+    targets = np.vstack([window_targets(w, truth[s], names) for s, w in windows.items()])
+    data = {}
+    for g in np.flatnonzero(groups):
+        keep = targets[:, g] >= 0
+        cols = list(settings.groups[g].indices)
+        data[int(g)] = (logits[keep][:, cols], targets[keep, g].astype(np.float64))
+    return logits, targets, data
+
+
+def prior_calibration(
+    data: dict[int, tuple[np.ndarray, np.ndarray]], l2: float = PRIOR_L2
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Per group, a logistic of its classes' logits whose weights are pulled toward one
+    shared prior weight ``w0`` (not toward 0): ``w0`` is fitted once on all groups together
+    (score ``b_g + w0 x sum of the group's logits``, a bias per group), so a group with one
+    recording keeps positive weights unless its data clearly say otherwise."""
+    order = list(data)
+    rows = []
+    for i, g in enumerate(order):
+        x, _ = data[g]
+        onehot = np.zeros((len(x), len(order)))
+        onehot[:, i] = 1.0
+        rows.append(np.hstack([x.sum(axis=1, keepdims=True), onehot]))
+    y = np.concatenate([data[g][1] for g in order])
+    sample = np.concatenate([balanced(data[g][1]) / len(order) for g in order])
+    pooled = fit_toward(
+        np.vstack(rows), y, sample, np.zeros(len(order) + 1), np.zeros(len(order) + 1)
+    )
+    w0 = pooled[0]
+    out = {}
+    for i, g in enumerate(order):
+        x, y = data[g]
+        d = x.shape[1]
+        features = np.hstack([x, np.ones((len(x), 1))])
+        l2s = np.append(np.full(d, l2), 0.0)  # the bias is free
+        beta = fit_toward(features, y, balanced(y), l2s, np.append(np.full(d, w0), pooled[1 + i]))
+        out[g] = (beta[:d], float(beta[d]))
+    return out
+
+
+BackgroundLevel = tuple[float, float, float]  # percentile, mean, spread of a group's max logit
+
+
+def pooled_features(x: np.ndarray, level: BackgroundLevel) -> np.ndarray:
+    """``[N, 5]`` features of a group's ``[N, n]`` class logits that mean the same for every
+    group: the highest logit, the mean, log of the class count, the highest logit minus its
+    background percentile, and standardised by its background mean and spread."""
+    top = x.max(axis=1)
+    q, mu, sd = level
+    n = np.full(len(x), np.log(x.shape[1]))
+    return np.stack([top, x.mean(axis=1), n, top - q, (top - mu) / sd], axis=1)
+
+
+def fold_pooled(
+    u: np.ndarray, constant: float, level: BackgroundLevel, n: int
+) -> tuple[np.ndarray, float, float]:
+    """The pooled logit ``u @ pooled_features + constant`` of an ``n``-class group as the
+    runtime's (weights, bias, max_weight): every feature is linear in the logits or in
+    their max once the group's background level is fixed."""
+    q, mu, sd = level
+    weights = np.full(n, u[1] / n)
+    bias = constant + u[2] * np.log(n) - u[3] * q - u[4] * mu / sd
+    return weights, float(bias), float(u[0] + u[3] + u[4] / sd)
+
+
+def pooled_calibration(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    settings: DetectorSettings,
+    data: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> dict[int, tuple[np.ndarray, float, float]]:
+    """One logistic for all groups on :func:`pooled_features`, with each group's background
+    level measured on the windows holding no foreground sound (noise and looped ambience).
+    Fitted on every group of ``data`` at once (each group weighs the same); folded per group
+    into (weights, bias, max_weight) of the runtime's calibrated score."""
+    background = (targets == 0).all(axis=1)
+    levels: dict[int, BackgroundLevel] = {}
+    for g in data:
+        top = logits[background][:, list(settings.groups[g].indices)].max(axis=1)
+        levels[g] = (
+            float(np.percentile(top, BACKGROUND_PERCENTILE)),
+            float(top.mean()),
+            float(top.std() + 1e-3),
+        )
+    f = np.vstack([pooled_features(data[g][0], levels[g]) for g in data])
+    mean, scale = f.mean(axis=0), f.std(axis=0) + 1e-6
+    z = np.hstack([(f - mean) / scale, np.ones((len(f), 1))])
+    y = np.concatenate([data[g][1] for g in data])
+    sample = np.concatenate([balanced(data[g][1]) / len(data) for g in data])
+    l2s = np.append(np.full(f.shape[1], POOLED_L2), 0.0)
+    beta = fit_toward(z, y, sample, l2s, np.zeros(f.shape[1] + 1))
+    u = beta[:-1] / scale  # per raw feature
+    constant = float(beta[-1] - u @ mean)
+    return {g: fold_pooled(u, constant, levels[g], len(settings.groups[g].indices)) for g in data}
+
+
+def learn_transferable_calibration(
+    windows: dict[str, Windows],
+    truth: Truth,
+    settings: DetectorSettings,
+    groups: np.ndarray,
+    share: float = POOLED_SHARE,
+) -> DetectorSettings:
+    """``settings`` with each group in ``groups`` calibrated by the blend (in logit space)
+    of its prior-shrunk logistic (weight ``1 - share``) and the pooled logistic (``share``):
+    ``share`` 0 is the prior alone, 1 the pooled logistic alone."""
+    logits, targets, data = group_training_data(windows, truth, settings, groups)
+    own = prior_calibration(data) if share < 1 else {}
+    pooled = pooled_calibration(logits, targets, settings, data) if share > 0 else {}
+    new_groups = list(settings.groups)
+    for g in data:
+        group = settings.groups[g]
+        weights, bias, max_weight = np.zeros(len(group.indices)), 0.0, 0.0
+        if g in own:
+            weights, bias = (1 - share) * own[g][0], (1 - share) * own[g][1]
+        if g in pooled:
+            weights = weights + share * pooled[g][0]
+            bias += share * pooled[g][1]
+            max_weight = share * pooled[g][2]
+        new_groups[g] = Group(group.name, group.indices, tuple(weights.tolist()), bias, max_weight)
+    return dataclasses.replace(settings, groups=new_groups)
+
+
 # --- background and overlap variants (measured, not shipped) ------------------------------
 def habituate(x: np.ndarray, on: np.ndarray, memory_s: float = 60.0, active_s: float = 6.0):
     """Zero a group's score while it was active (score >= on) for more than ``active_s``
@@ -460,10 +623,12 @@ PRESET_HEADER = """\
 # --write-preset` for mn04 with 3 s windows every 0.5 s from generated scenes made from the
 # first ESC-50 clip of each category (validated on scenes from the second clip). Groups that
 # occur in those scenes are calibrated: their score is sigmoid(bias + sum of weight x
-# logit(p)) over their labels, a logistic fitted on the windows of those scenes, and they
-# share one threshold; the others keep the highest probability of their labels, with a
-# threshold of at least 2 x their highest score on background-only audio (and at least the
-# best shared threshold). Use with `events: {preset: esc50}`.
+# logit(p) + max_weight x the highest logit(p)) over their labels: the average, in logit
+# space, of a per-group logistic pulled toward one shared prior weight and of one pooled
+# logistic fitted on all groups together (docs/events.md), and they share one threshold;
+# the others keep the highest probability of their labels, with a threshold of at least
+# 2 x their highest score on background-only audio (and at least the best shared
+# threshold). Use with `events: {preset: esc50}`.
 groups:
 """
 
@@ -483,6 +648,8 @@ def write_preset(settings: DetectorSettings) -> None:
         if group.weights is not None:
             weights = ", ".join(f"{w:.4g}" for w in group.weights)
             extra = f", weights: [{weights}], bias: {group.bias:.4g}"
+            if group.max_weight:
+                extra += f", max_weight: {group.max_weight:.4g}"
         lines.append(f"  {name}: {{labels: [{labels}], threshold_on: {on:.3g}{extra}}}")
     PRESET_FILE.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -537,10 +704,24 @@ def main() -> None:
         shared = PROBABILITY_GRID[global_index(table[tuned])]
         return np.where(tuned, shared, calibrated(raw, data.steps, data.truth)).astype(np.float32)
 
-    winner = Method(
-        "calibrated scores (logistic per group), one shared threshold (shipped)",
+    def learn_blend(share: float) -> Callable[[SceneSet], DetectorSettings]:
+        def calibrate(data: SceneSet) -> DetectorSettings:
+            tuned = has_truth(data.table(settings))
+            return learn_transferable_calibration(data.windows, data.truth, settings, tuned, share)
+
+        return calibrate
+
+    per_group = Method(
+        "calibrated scores (logistic per group), one shared threshold (as before)",
         shared_on_calibrated,
         calibrate=learn,
+        grid=PROBABILITY_GRID,
+    )
+    winner = Method(
+        "calibrated: per-group logistic shrunk toward a shared prior, blended with a pooled "
+        "logistic, one shared threshold (shipped)",
+        shared_on_calibrated,
+        calibrate=learn_blend(POOLED_SHARE),
         grid=PROBABILITY_GRID,
     )
     methods = [
@@ -564,7 +745,7 @@ def main() -> None:
             lambda table, data: tune_per_group(table),
             compete(families),
         ),
-        winner,
+        per_group,
         Method(
             "calibrated scores, each group its own threshold (not kept)",
             lambda table, data: np.where(
@@ -582,6 +763,19 @@ def main() -> None:
             calibrate=learn,
             grid=PROBABILITY_GRID,
         ),
+        Method(
+            "calibrated: per-group logistic shrunk toward a shared prior (not kept)",
+            shared_on_calibrated,
+            calibrate=learn_blend(0.0),
+            grid=PROBABILITY_GRID,
+        ),
+        Method(
+            "calibrated: one pooled logistic for all groups (not kept)",
+            shared_on_calibrated,
+            calibrate=learn_blend(1.0),
+            grid=PROBABILITY_GRID,
+        ),
+        winner,
     ]
     if args.shipped_only:
         methods = [winner]

@@ -174,6 +174,49 @@ def test_calibrated_group_scores_are_the_logistic_of_weighted_logits():
     assert np.isfinite(scores).all() and scores[1, 0] > 0.99
 
 
+def test_calibrated_score_with_max_weight_by_hand():
+    # Two classes: z = bias + 1.0 x logit(p0) + 0.5 x logit(p2) + 2.0 x max(logits).
+    probs = np.array([[0.1, 0.9, 0.8], [0.6, 0.3, 0.2]], dtype=np.float32)
+    groups = [Group("a", (0, 2), weights=(1.0, 0.5), bias=-0.2, max_weight=2.0)]
+    # Row 0: logit(0.1) = -2.1972, logit(0.8) = 1.3863, max 1.3863:
+    #   z = -0.2 - 2.1972 + 0.6931 + 2.7726 = 1.0685, sigmoid = 0.7443.
+    # Row 1: logit(0.6) = 0.4055, logit(0.2) = -1.3863, max 0.4055:
+    #   z = -0.2 + 0.4055 - 0.6931 + 0.8109 = 0.3232, sigmoid = 0.5801.
+    np.testing.assert_allclose(group_scores(probs, groups)[:, 0], [0.7443, 0.5801], atol=2e-4)
+    # Without max_weight the same group is the plain weighted logistic.
+    plain = [Group("a", (0, 2), weights=(1.0, 0.5), bias=-0.2)]
+    np.testing.assert_allclose(group_scores(probs, plain)[:, 0], [0.1539, 0.3804], atol=2e-4)
+
+
+def test_a_group_max_weight_reaches_the_score(audioset):
+    labels, _ = audioset
+    spec = {
+        "dog": GroupConfig(labels=["Dog", "Bark"], weights=[0.0, 0.0], bias=0.0, max_weight=1.0)
+    }
+    (group,) = resolve_groups(spec, labels.names, labels.mids)
+    assert group.max_weight == 1.0
+    probs = np.full((1, len(labels.names)), 0.01, dtype=np.float32)
+    probs[0, labels.names.index("Bark")] = 0.7
+    # score = sigmoid(max logit) = the highest probability of the group's classes
+    np.testing.assert_allclose(group_scores(probs, [group]), [[0.7]], rtol=1e-5)
+
+
+def test_pooled_calibration_folds_into_the_runtime_score():
+    """The benchmark's pooled logistic (features of a group's logits and its background
+    level) folded into (weights, bias, max_weight) scores exactly as the unfolded one."""
+    from benchmarks.events import fold_pooled, pooled_features
+    from soundwatch.events.groups import logit
+
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0.001, 0.999, size=(40, 3)).astype(np.float32)
+    level = (1.5, -2.0, 0.7)
+    u, constant = rng.normal(size=5), 0.4
+    direct = 1 / (1 + np.exp(-(pooled_features(logit(probs), level) @ u + constant)))
+    weights, bias, max_weight = fold_pooled(u, constant, level, 3)
+    group = Group("g", (0, 1, 2), tuple(weights), bias, max_weight)
+    np.testing.assert_allclose(group_scores(probs, [group])[:, 0], direct, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -200,6 +243,14 @@ def test_calibrated_group_scores_are_the_logistic_of_weighted_logits():
         (
             {"groups": {"dog": {"labels": ["Dog"], "weights": [float("nan")], "bias": 0}}},
             r"events\.groups\.dog\.weights\[0\]: Input should be a finite number",
+        ),
+        (
+            {"groups": {"dog": {"labels": ["Dog"], "max_weight": 1.0}}},
+            "max_weight is part of a calibrated score",
+        ),
+        (
+            {"groups": {"dog": {"labels": ["Dog"], "weights": [1], "bias": 0, "max_weight": "x"}}},
+            r"events\.groups\.dog\.max_weight: Input should be a valid number",
         ),
         ("yes", r"events: Input should be a valid dictionary"),
     ],

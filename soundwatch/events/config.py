@@ -2,9 +2,9 @@
 
 Every key is optional. Per-group keys (``threshold_on``, ``threshold_off``,
 ``min_duration``, ``max_gap``) override the section-wide defaults for that group only;
-``weights`` and ``bias`` turn a group's score into a calibrated one (a logistic function of
-its classes' logits, learned by ``benchmarks/events.py``) instead of their highest
-probability.
+``weights`` and ``bias`` (and optionally ``max_weight``) turn a group's score into a
+calibrated one (a logistic function of its classes' logits and of their highest logit,
+learned by ``benchmarks/events.py``) instead of their highest probability.
 See docs/events.md for what each step does and how the defaults were chosen.
 """
 
@@ -49,6 +49,11 @@ class GroupConfig(StrictModel):
         "weight x logit(probability)) instead of the highest probability",
     )
     bias: FiniteFloat | None = Field(default=None, description="with weights: the logistic's bias")
+    max_weight: FiniteFloat | None = Field(
+        default=None,
+        description="with weights: adds max_weight x the highest logit(probability) of the "
+        "labels to the logistic's sum (0 when not given)",
+    )
 
     @model_validator(mode="after")
     def _has_members(self) -> GroupConfig:
@@ -57,6 +62,8 @@ class GroupConfig(StrictModel):
         check_off_not_above_on(self.threshold_off, self.threshold_on)
         if (self.weights is None) != (self.bias is None):
             raise ValueError("weights and bias go together: give both or neither")
+        if self.max_weight is not None and self.weights is None:
+            raise ValueError("max_weight is part of a calibrated score: give weights and bias too")
         if self.weights is not None:
             if self.subtrees:
                 raise ValueError("weights need the classes listed in labels, not subtrees")

@@ -5,7 +5,8 @@ and/or whole ontology subtrees (``subtrees``: a node and every node below it, e.
 brings Bark, Yip, Howl, Bow-wow, Growling and Whimper (dog)). A group's score in a window is
 the highest probability among its classes, or, for a *calibrated* group (``weights`` and
 ``bias``, learned from tuning scenes by ``benchmarks/events.py``), the logistic
-``sigmoid(bias + sum_i weight_i * logit(p_i))`` of its classes' probabilities. With no
+``sigmoid(bias + sum_i weight_i * logit(p_i) + max_weight * max_i logit(p_i))`` of its
+classes' probabilities (``max_weight`` 0 unless given). With no
 groups configured, every class of the model is its own group, named by its display name.
 """
 
@@ -31,6 +32,7 @@ class Group:
     indices: tuple[int, ...]
     weights: tuple[float, ...] | None = None  # calibrated: one per index, with bias
     bias: float = 0.0
+    max_weight: float = 0.0  # calibrated: weight of the highest logit among the classes
 
 
 def _lookup_table(labels: Sequence[str], mids: Sequence[str]) -> dict[str, int]:
@@ -115,7 +117,15 @@ def resolve_groups(
                 f"events.groups.{name}: a label is listed twice; with weights every label "
                 "must name a different class"
             )
-        groups.append(Group(name, unique, tuple(spec.weights), float(spec.bias or 0.0)))
+        groups.append(
+            Group(
+                name,
+                unique,
+                tuple(spec.weights),
+                float(spec.bias or 0.0),
+                float(spec.max_weight or 0.0),
+            )
+        )
     return groups
 
 
@@ -132,11 +142,13 @@ def logit(probs: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ScoreTable:
     """How the detector scores all groups at once: :func:`member_table` plus, for the
-    calibrated groups, their weights (``[G, M]``, 0 on padding) and biases."""
+    calibrated groups, their weights (``[G, M]``, 0 on padding), biases and weights of the
+    highest logit."""
 
     members: np.ndarray
     weights: np.ndarray
     bias: np.ndarray
+    max_weight: np.ndarray  # [G]
     calibrated: np.ndarray  # [G] bool
 
     @classmethod
@@ -144,17 +156,20 @@ class ScoreTable:
         members = member_table(groups)
         weights = np.zeros(members.shape, dtype=np.float64)
         bias = np.zeros(len(groups), dtype=np.float64)
+        max_weight = np.zeros(len(groups), dtype=np.float64)
         for row, group in enumerate(groups):
             if group.weights is not None:
                 weights[row, : len(group.weights)] = group.weights
                 bias[row] = group.bias
+                max_weight[row] = group.max_weight
         calibrated = np.array([g.weights is not None for g in groups], dtype=bool)
-        return cls(members, weights, bias, calibrated)
+        return cls(members, weights, bias, max_weight, calibrated)
 
 
 def group_scores(probs: np.ndarray, groups: Sequence[Group] | ScoreTable) -> np.ndarray:
     """``[..., num_classes]`` probabilities -> ``[..., num_groups]``: the max within each
-    group, or the calibrated group's logistic score.
+    group, or the calibrated group's logistic score (the padding of a group's row repeats
+    its first class: it adds 0 to the weighted sum and nothing to the max).
 
     ``groups`` may be a :class:`ScoreTable` already built (what the detector keeps)."""
     table = groups if isinstance(groups, ScoreTable) else ScoreTable.of(groups)
@@ -162,7 +177,12 @@ def group_scores(probs: np.ndarray, groups: Sequence[Group] | ScoreTable) -> np.
     scores = members.max(axis=-1)
     if table.calibrated.any():
         rows = table.calibrated
-        z = table.bias[rows] + (table.weights[rows] * logit(members[..., rows, :])).sum(axis=-1)
+        logits = logit(members[..., rows, :])
+        z = (
+            table.bias[rows]
+            + (table.weights[rows] * logits).sum(axis=-1)
+            + table.max_weight[rows] * logits.max(axis=-1)
+        )
         scores = scores.astype(np.float64)
         scores[..., rows] = 1.0 / (1.0 + np.exp(-z))
     return scores.astype(np.float32, copy=False)
