@@ -253,3 +253,49 @@ def test_status_shows_the_chunks_and_split_passes_give_the_same_tags(
     split_probs, serial_probs = tags(runs[2]), tags(runs[1])
     assert split_probs.shape == serial_probs.shape == (15, 527)  # 10 s: 3 s windows every 0.5 s
     np.testing.assert_allclose(split_probs, serial_probs, rtol=0, atol=1e-5)
+
+
+def test_a_hung_chunk_is_timed_by_the_watchdog_and_holds_nothing_up() -> None:
+    """A chunk that never returns keeps its pass running: the watchdog reports it and ends
+    the run past the deadline; closing does not wait for the hung chunk, whose daemon
+    thread cannot keep the process from exiting."""
+    release = threading.Event()
+
+    def chunk(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if threading.current_thread().name.startswith("forward"):
+            release.wait()
+        return zeros_infer(mels)
+
+    parallel = ParallelInfer(chunk, 2, min_chunk=1)
+    sources = [ScriptedSource(name, blocks=10_000, waits=True) for name in ("a", "b")]
+    pipeline = Pipeline(
+        sources,
+        parallel,
+        [],
+        window_s=1.0,
+        hop_s=0.1,
+        max_pending_windows=4,
+        inference_timeout=0.2,
+        inference_deadline=1.0,
+    )
+    try:
+        with pytest.raises(SoundwatchError, match=r"a forward pass has not returned after"):
+            pipeline.run(shutdown_timeout=30)
+        assert pipeline.faults.inference_stalls == 1
+        closing = threading.Thread(target=parallel.close)
+        closing.start()
+        closing.join(timeout=30)
+        assert not closing.is_alive() and not release.is_set()
+        workers = [t for t in threading.enumerate() if t.name.startswith("forward")]
+        assert workers and all(t.daemon for t in workers)
+    finally:
+        release.set()
+
+
+def test_a_closed_wrapper_runs_whole_passes() -> None:
+    recording = Recording(window_sums)
+    parallel = ParallelInfer(recording, 2)
+    parallel.close()
+    mels = np.ones((16, 128, 5), np.float32)
+    np.testing.assert_array_equal(parallel(mels)[1], window_sums(mels)[1])
+    assert recording.calls == [(16, "MainThread")]

@@ -17,9 +17,11 @@ numpy and the standard library only: no torch here (the wrapper runs any ``infer
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from itertools import pairwise
+from queue import SimpleQueue
 
 import numpy as np
 
@@ -33,6 +35,8 @@ MIN_CHUNK = 4
 large part of the pass; docs/performance.md)."""
 
 MAX_PARALLEL = 256
+
+_Task = tuple[Future, InferFn, np.ndarray]
 
 
 def usable_cores() -> int:
@@ -77,7 +81,10 @@ class ParallelInfer:
     """``infer(mels [B, ...]) -> (probs [B, C], embeddings [B, D])`` run as up to
     ``chunks`` concurrent calls on consecutive slices of the batch, outputs in order.
 
-    ``chunks=1`` calls ``infer`` directly (no pool). :meth:`close` stops the pool.
+    The first chunk runs on the calling thread, chunk ``i`` always on worker thread
+    ``forward-i``. The workers are daemon threads, so a chunk that never returns (a hung
+    device, which the pipeline's watchdog gives up on) cannot keep the process from
+    exiting, and :meth:`close` does not wait for it. ``chunks=1`` calls ``infer`` directly.
     """
 
     def __init__(self, infer: InferFn, chunks: int, min_chunk: int = MIN_CHUNK) -> None:
@@ -88,19 +95,26 @@ class ParallelInfer:
         self.infer = infer
         self.chunks = chunks
         self.min_chunk = min_chunk
-        self._pool = (
-            ThreadPoolExecutor(chunks - 1, thread_name_prefix="forward") if chunks > 1 else None
-        )
+        self._inboxes: list[SimpleQueue[_Task | None]] = []
+        for index in range(1, chunks):
+            inbox: SimpleQueue[_Task | None] = SimpleQueue()
+            worker = threading.Thread(
+                target=_work, args=(inbox,), name=f"forward-{index}", daemon=True
+            )
+            worker.start()
+            self._inboxes.append(inbox)
         self.split_passes = 0  # passes that ran as more than one chunk
 
     def __call__(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bounds = chunk_bounds(len(mels), self.chunks, self.min_chunk)
-        if len(bounds) <= 2 or self._pool is None:
+        if len(bounds) <= 2 or not self._inboxes:  # too small to split, or closed
             return self.infer(mels)
         self.split_passes += 1
-        futures: list[Future[tuple[np.ndarray, np.ndarray]]] = [
-            self._pool.submit(self.infer, mels[start:stop]) for start, stop in pairwise(bounds[1:])
-        ]
+        futures: list[Future[tuple[np.ndarray, np.ndarray]]] = []
+        for inbox, (start, stop) in zip(self._inboxes, pairwise(bounds[1:]), strict=False):
+            future: Future[tuple[np.ndarray, np.ndarray]] = Future()
+            inbox.put((future, self.infer, mels[start:stop]))
+            futures.append(future)
         try:
             first = self.infer(mels[bounds[0] : bounds[1]])
         finally:
@@ -111,9 +125,21 @@ class ParallelInfer:
         return probs, embeddings
 
     def close(self) -> None:
-        """Stop the pool's threads (after the chunks they run)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Let the worker threads end (each after the chunk it runs; not waited for)."""
+        for inbox in self._inboxes:
+            inbox.put(None)
+        self._inboxes = []
+
+
+def _work(inbox: SimpleQueue[_Task | None]) -> None:
+    """A worker thread: run the chunks put in its inbox until ``None``."""
+    while (task := inbox.get()) is not None:
+        future, infer, mels = task
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(infer(mels))
+            except BaseException as error:  # the caller re-raises it
+                future.set_exception(error)
 
 
 def session_threads(threads: int | None, parallel: int | str) -> int | None:
