@@ -236,8 +236,29 @@ def finetuned_kshot(categories, clips, epochs: int) -> tuple[np.ndarray, list[fl
     return np.array(correct[0] + correct[1]), seconds
 
 
+def room_recordings(directory: Path) -> list[Path]:
+    """What a user would give as ``--negatives``: 30 s each of pink and brown noise at the
+    scenes' noise floor (-45 dBFS RMS; the scenes' rain / wind / crickets loops are ESC-50
+    categories the heads learn, so they are not used)."""
+    import soundfile as sf
+
+    from soundwatch.heads import augment
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for name, exponent in (("pink", 1.0), ("brown", 2.0)):
+        noise = augment.coloured_noise(rng, 30.0, exponent)
+        noise *= np.float32(10 ** (-45 / 20) / augment.rms(noise))
+        paths.append(directory / f"room-{name}.wav")
+        sf.write(paths[-1], noise, augment.SAMPLE_RATE)
+    return paths
+
+
 def event_f1(backend, worker, categories, clips, settings) -> list[str]:
-    """Heads learned from the other scene set's clips vs the esc50 preset, per scene set."""
+    """Heads learned from the other scene set's clips (without negatives, and with the
+    room's noise as negatives) vs the esc50 preset, per scene set."""
+    import tempfile
+
     from benchmarks.scenes import SET_A, SET_B, WindowCache, generate, read_truth, scenes_root
     from benchmarks.scoring import LabelledEvent, score_events
     from soundwatch.events import EventsConfig, build_settings
@@ -249,32 +270,39 @@ def event_f1(backend, worker, categories, clips, settings) -> list[str]:
     preset = build_settings(EventsConfig(), loaded.labels, loaded.mids)
     cache = WindowCache(worker, scenes_root() / "windows")
     rows = []
+    room = room_recordings(Path(tempfile.mkdtemp(prefix="soundwatch-room-")))
     for scene_set, train_side in ((SET_A, 1), (SET_B, 0)):
         directory = generate(scene_set)
         truth = read_truth(directory)
         examples = {f"h_{c}": [clips[c][train_side]] for c in categories}
-        head, _ = learn_head("esc50", examples, [], backend, settings)
-        config = EventsConfig().model_copy(
-            update={
-                "preset": None,
-                "groups": {
-                    label: GroupConfig(labels=[label], threshold_on=float(t))
-                    for label, t in zip(head.labels, head.thresholds, strict=True)
-                },
-            }
-        )
-        head_settings = DetectorSettings.from_config(
-            config, [Group(label, (i,)) for i, label in enumerate(head.labels)]
-        )
-        scores = {"preset": None, "head": None}
+        heads = {
+            "head": learn_head("esc50", examples, [], backend, settings)[0],
+            "head, room noise as --negatives": learn_head(
+                "esc50", examples, room, backend, settings
+            )[0],
+        }
+        detectors = {}
+        for method, head in heads.items():
+            config = EventsConfig().model_copy(
+                update={
+                    "preset": None,
+                    "groups": {
+                        label: GroupConfig(labels=[label], threshold_on=float(t))
+                        for label, t in zip(head.labels, head.thresholds, strict=True)
+                    },
+                }
+            )
+            detectors[method] = DetectorSettings.from_config(
+                config, [Group(label, (i,)) for i, label in enumerate(head.labels)]
+            )
+        scores = dict.fromkeys(["preset", *heads])
         for scene, events in truth.items():
             w = cache.get(directory / f"{scene}.wav", 3.0, 0.5)
-            found = {
-                "preset": detect_events_offline(w.starts, w.stops, w.probs, preset),
-                "head": detect_events_offline(
-                    w.starts, w.stops, head.predict(w.embeddings, w.probs), head_settings
-                ),
-            }
+            found = {"preset": detect_events_offline(w.starts, w.stops, w.probs, preset)}
+            for method, head in heads.items():
+                found[method] = detect_events_offline(
+                    w.starts, w.stops, head.predict(w.embeddings, w.probs), detectors[method]
+                )
             for method, detected in found.items():
                 labelled = [
                     LabelledEvent(e.label.removeprefix("h_"), e.onset, e.offset) for e in detected
@@ -338,24 +366,8 @@ def costs(backend, worker, categories, clips, settings) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-finetune", action="store_true")
-    parser.add_argument("--skip-events", action="store_true")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument(
-        "--seeds", type=int, default=1, help="augmentation seeds of the k-shot heads (rows each)"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    loaded = load_model("mn04", WEIGHTS, download=False)
-    worker = InferenceWorker(loaded, device="cpu", threads=2, backend="torch")
-    backend = Backend(
-        worker.infer, loaded.name, loaded.sha256, worker.num_classes, worker.embedding_dim
-    )
-    settings = LearnSettings()
-    categories, clips, mapping = esc50_clips()
-
+def print_kshot(args, worker, backend, settings, categories, clips, mapping) -> None:
+    """Section 1 (and 2 unless --skip-finetune): the k-shot table."""
     print("## k-shot clip accuracy on ESC-50 dev (50 categories, k = 1, both ways)\n")
     print(
         "Against: zero-shot on the same windows and pooling; difference with its paired "
@@ -387,14 +399,39 @@ def main() -> None:
     )
     if not args.skip_finetune:
         print(f"fine-tuning each side: {', '.join(f'{s:.0f} s' for s in tune_s)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--skip-events", action="store_true")
+    parser.add_argument("--skip-kshot", action="store_true")
+    parser.add_argument("--skip-costs", action="store_true")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="augmentation seeds of the k-shot heads (rows each)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    loaded = load_model("mn04", WEIGHTS, download=False)
+    worker = InferenceWorker(loaded, device="cpu", threads=2, backend="torch")
+    backend = Backend(
+        worker.infer, loaded.name, loaded.sha256, worker.num_classes, worker.embedding_dim
+    )
+    settings = LearnSettings()
+    categories, clips, mapping = esc50_clips()
+
+    if not args.skip_kshot:
+        print_kshot(args, worker, backend, settings, categories, clips, mapping)
     if not args.skip_events:
         print("\n## Event F1 on generated scenes (heads from clips outside the scenes)\n")
         print("| scenes | method | F1 | precision | recall |\n|---|---|---|---|---|")
         for row in event_f1(backend, worker, categories, clips, settings):
             print(row)
-    print("\n## Cost\n\n| what | measured | target |\n|---|---|---|")
-    for row in costs(backend, worker, categories, clips, settings):
-        print(row)
+    if not args.skip_costs:
+        print("\n## Cost\n\n| what | measured | target |\n|---|---|---|")
+        for row in costs(backend, worker, categories, clips, settings):
+            print(row)
 
 
 if __name__ == "__main__":
