@@ -365,8 +365,11 @@ def test_streaming_detector_equals_offline(
         max_gap=max_gap,
         groups={"ab": GroupConfig(labels=["a", "b"], threshold_on=0.7)},
     )
-    # "ab" pools by max, "cd" is calibrated (a logistic of its classes' logits).
-    groups = [Group("ab", (0, 1)), Group("cd", (2, 3), weights=(0.8, 0.4), bias=0.3)]
+    # "ab" pools by max, "cd" is calibrated (a logistic of its classes' logits and their max).
+    groups = [
+        Group("ab", (0, 1)),
+        Group("cd", (2, 3), weights=(0.8, 0.4), bias=0.3, max_weight=0.5),
+    ]
     s = DetectorSettings.from_config(config, groups)
     starts = np.array([a for a, _, _ in placement])
     stops = np.array([b for _, b, _ in placement])
