@@ -80,17 +80,18 @@ def test_chunks_run_at_once_and_come_back_in_order() -> None:
         parallel.close()
 
 
-def test_small_batches_stay_one_call_on_the_calling_thread() -> None:
+def test_batches_under_the_minimum_stay_one_call_on_the_calling_thread() -> None:
     recording = Recording(window_sums)
-    parallel = ParallelInfer(recording, 4)
+    parallel = ParallelInfer(recording, 4, min_chunk=4)
     try:
-        for size in (1, 2 * MIN_CHUNK - 1):
+        for size in (1, 7):
             mels = np.ones((size, 128, 5), np.float32)
             np.testing.assert_array_equal(parallel(mels)[0], window_sums(mels)[0])
-        assert recording.calls == [(1, "MainThread"), (2 * MIN_CHUNK - 1, "MainThread")]
+        assert recording.calls == [(1, "MainThread"), (7, "MainThread")]
         assert parallel.split_passes == 0
     finally:
         parallel.close()
+    assert MIN_CHUNK == 1 and chunk_bounds(2, 2) == [0, 1, 2]  # by default two windows split
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_the_real_model_gives_the_serial_results_when_split(onnx_tagger) -> None
     unevenly (9 -> 4 + 5, 13 -> 4 + 4 + 5) and one under the minimum match one pass."""
     worker = onnx_tagger.worker
     recording = Recording(worker.infer)
-    parallel = ParallelInfer(recording, 3)
+    parallel = ParallelInfer(recording, 3, min_chunk=4)
     rng = np.random.default_rng(1)
     try:
         for size, chunks in ((9, [4, 5]), (13, [4, 4, 5]), (5, [5])):
