@@ -103,6 +103,8 @@ BAD_CONFIGS = [
     ({"edge": {"buffer_seconds": 0}}, ["edge.buffer_seconds", "greater than or equal to 1"]),
     ({"pipeline": {"gate": {"level_db": -1}}}, ["pipeline.gate.level_db", "greater than 0"]),
     ({"pipeline": {"gate": {"thresh": 1}}}, ["pipeline.gate.thresh", "unknown key"]),
+    ({"model": {"parallel": 0}}, ["model.parallel", "'auto'", "from 1 to 256", "got 0"]),
+    ({"model": {"parallel": "all"}}, ["model.parallel", "'auto'", "usable CPU cores", "'all'"]),
 ]
 
 
