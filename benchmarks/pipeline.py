@@ -274,6 +274,8 @@ def run_once(args: argparse.Namespace) -> dict:
                 samples.append((round(now - marks["t0"], 1), rss_mb()))
         if not pipeline._stop.wait(max(0.0, deadline - time.monotonic())):
             marks["threads1"] = thread_cpu()
+            # names now: threads that end with the run (model.parallel's) are gone after it
+            marks["names"] = {t.native_id: t.name for t in threading.enumerate()}
             marks["t1"] = time.monotonic()
             marks["cpu1"] = resource.getrusage(resource.RUSAGE_SELF)
             marks["rss1"] = rss_mb()
@@ -290,7 +292,7 @@ def run_once(args: argparse.Namespace) -> dict:
     cpu = sum(
         getattr(marks["cpu1"], f) - getattr(marks["cpu0"], f) for f in ("ru_utime", "ru_stime")
     )
-    names = {t.native_id: t.name for t in threading.enumerate()}
+    names = {**marks["names"], **{t.native_id: t.name for t in threading.enumerate()}}
     names.update({s.native_id: s.name for s in getattr(pipeline, "_threads", [])})
     for attr in ("_inference_thread", "_delivery_thread"):
         if (thread := getattr(pipeline, attr, None)) is not None:
