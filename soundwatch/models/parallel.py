@@ -4,7 +4,7 @@ The pipeline runs one forward pass at a time on its inference thread. ONNX Runti
 intra-op threads barely help at the batch sizes a live run makes (measured: about one core
 used however many threads it has), so on a machine with N cores :class:`ParallelInfer`
 splits a pass into up to N chunks of consecutive windows, runs them at once (one on the
-calling thread, the others on a fixed pool; ONNX Runtime and torch release the GIL while
+calling thread, the others on worker threads; ONNX Runtime and torch release the GIL while
 they compute, and one ONNX Runtime session may be run from several threads) and
 concatenates the outputs in order. To the caller it is still one call: it returns when
 every chunk has, and raises the first chunk's error if any failed, so a failed pass
