@@ -341,22 +341,17 @@ class StreamState:
     # --- stream thread -------------------------------------------------------------
     def feed(self, block: AudioBlock, queue: WindowQueue) -> None:
         """Turn one block of audio into mel frames and queue the windows it completes."""
-        if self.paused:  # tag nothing; the audio so far ends its segment (events end)
-            if self._segment_origin is not None:
-                self.end_segment(queue, block.t_ingest)
-            self.counters.paused_samples += len(block.samples)
+        # A new segment: the source lost audio (device restart, overflow, overrun), so the
+        # frames before and after must not share a window.
+        if not self._begin(
+            len(block.samples),
+            block.t_start,
+            block.new_segment,
+            queue,
+            block.t_ingest,
+            "audio was lost (see the gaps counter)",
+        ):
             return
-        if block.new_segment and self._segment_origin is not None:
-            # The source lost audio (device restart, overflow, overrun): the frames before
-            # and after must not share a window. Tag the tail, then start afresh.
-            log.warning(
-                "stream %s: audio was lost (see the gaps counter); restarting its windows",
-                self.id,
-            )
-            self.counters.resyncs += 1
-            self.end_segment(queue, block.t_ingest)
-        if self._segment_origin is None:
-            self._start_segment(block.t_start)
         if self.on_audio is not None:
             self.on_audio(self.id, block)
         self._push_frames(self.frontend.push(block.samples), queue, block.t_ingest)
@@ -374,20 +369,40 @@ class StreamState:
         ``t_start``; ``new_segment`` when they do not continue the previous frames (the
         edge lost audio, or frames were lost on the way). The windows are cut exactly as
         :meth:`feed` cuts them."""
+        if self._begin(
+            frames.shape[1] * HOP_SAMPLES,
+            t_start,
+            new_segment,
+            queue,
+            t_ingest,
+            "frames were lost (see its counters)",
+        ):
+            self._push_frames(frames, queue, t_ingest)
+
+    def _begin(
+        self,
+        samples: int,
+        t_start: float,
+        new_segment: bool,
+        queue: WindowQueue,
+        t_ingest: float,
+        lost: str,
+    ) -> bool:
+        """The segment bookkeeping before new audio or frames (``samples`` of audio from
+        ``t_start``) of :meth:`feed` and :meth:`feed_frames`; False while paused (tag
+        nothing: the audio so far ends its segment, so events end). A ``new_segment``
+        (``lost`` says what was lost) tags the open segment's tail and starts afresh."""
         if self.paused:
-            if self._segment_origin is not None:
-                self.end_segment(queue, t_ingest)
-            self.counters.paused_samples += frames.shape[1] * HOP_SAMPLES
-            return
+            self.end_segment(queue, t_ingest)  # returns at once when no segment is open
+            self.counters.paused_samples += samples
+            return False
         if new_segment and self._segment_origin is not None:
-            log.warning(
-                "stream %s: frames were lost (see its counters); restarting its windows", self.id
-            )
+            log.warning("stream %s: %s; restarting its windows", self.id, lost)
             self.counters.resyncs += 1
             self.end_segment(queue, t_ingest)
         if self._segment_origin is None:
             self._start_segment(t_start)
-        self._push_frames(frames, queue, t_ingest)
+        return True
 
     def _push_frames(self, frames: np.ndarray, queue: WindowQueue, t_ingest: float) -> None:
         """The one windowing path: frames of the current segment, in order, to every
