@@ -109,7 +109,8 @@ def _learn(name, examples, negatives, out, copies, hidden, seed, backbone) -> No
         learn_head,
         parse_examples,
     )
-    from soundwatch.runner import Tagger
+    from soundwatch.models.parallel import ParallelInfer
+    from soundwatch.runner import Tagger, forward_chunks
 
     config = _backbone_config(*backbone)
     check_label(name)
@@ -117,8 +118,10 @@ def _learn(name, examples, negatives, out, copies, hidden, seed, backbone) -> No
     negative_files = [f for path in negatives for f in audio_files(path)]
     out = out or Path(f"{name}{HEAD_SUFFIX}")
     tagger = Tagger.from_config(config)
+    # Forward passes on every core, as run and tag split them (model.parallel).
+    infer = ParallelInfer(tagger.worker.infer, forward_chunks(config, tagger))
     backend = Backend(
-        infer=tagger.worker.infer,
+        infer=infer,
         model=tagger.loaded.name,
         weights_sha256=tagger.loaded.sha256,
         num_classes=tagger.worker.num_classes,
@@ -131,7 +134,10 @@ def _learn(name, examples, negatives, out, copies, hidden, seed, backbone) -> No
         hidden=hidden,
         seed=seed,
     )
-    head, report = learn_head(name, parsed, negative_files, backend, settings)
+    try:
+        head, report = learn_head(name, parsed, negative_files, backend, settings)
+    finally:
+        infer.close()
     head.save(out)
     click.echo(f"soundwatch: head {name} saved to {out}", err=True)
     click.echo(f"{'label':<20} {'files':>5} {'windows':>8} {'threshold':>9} {'held-out F1':>11}")
@@ -183,18 +189,20 @@ def _embed(paths, as_json: bool, npy_out: Path | None, backbone) -> None:
     import numpy as np
 
     from soundwatch.heads.embeddings import read_wave, wave_outputs
-    from soundwatch.runner import Tagger
+    from soundwatch.models.parallel import ParallelInfer
+    from soundwatch.runner import Tagger, forward_chunks
 
     config = _backbone_config(*backbone)
     if as_json and npy_out is not None:
         raise SoundwatchError("--json and --npy exclude each other; choose one")
     tagger = Tagger.from_config(config)
     worker = tagger.worker
+    infer = ParallelInfer(worker.infer, forward_chunks(config, tagger))  # as run and tag
     arrays: dict[str, np.ndarray] = {}
     for i, path in enumerate(paths):
         outputs = wave_outputs(
             read_wave(path),
-            worker.infer,
+            infer,
             worker.num_classes,
             worker.embedding_dim,
             config.windows.window,
