@@ -345,3 +345,30 @@ def test_a_format_1_head_file_still_loads_and_an_unknown_version_is_refused(tmp_
     np.testing.assert_allclose(loaded.predict(x), head.predict(x), rtol=1e-6)
     with pytest.raises(SoundwatchError, match="format version 99; this soundwatch reads"):
         load_head(write(tmp_path / "v99.swhead", 99))
+
+
+def test_embed_writes_each_windows_embedding_as_json_and_npz(tmp_path, clips, weights) -> None:
+    """``soundwatch embed``: one record per window with the backbone's embedding (its passes
+    split like run's), the same numbers in --json and --npy, and the worker's own output."""
+    clip = clips["typing3"]  # 3 s
+    lines = cli("embed", str(clip), "--weights", str(weights), "--backend", "torch", "--json")
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert records and all(len(r["embedding"]) == 384 for r in records)
+    assert [r["t_start"] for r in records] == sorted(r["t_start"] for r in records)
+    npz = tmp_path / "typing3.npz"
+    cli("embed", str(clip), "--weights", str(weights), "--backend", "torch", "--npy", str(npz))
+    with np.load(npz) as saved:
+        meta = json.loads(saved["meta"].tobytes())
+        embeddings, times = saved["embeddings_0"], saved["times_0"]
+    assert meta["model"] == "mn04" and meta["files"] == [str(clip)]
+    assert embeddings.shape == (len(records), 384) and times.shape == (len(records), 2)
+    np.testing.assert_allclose(embeddings, [r["embedding"] for r in records], atol=1e-5)
+    config = apply_overrides(Config(), {"model.weights": weights, "model.backend": "torch"})
+    worker = Tagger.from_config(config).worker
+    audio, rate = sf.read(clip, dtype="float32")
+    assert rate == 32000
+    from soundwatch.dsp import logmel
+
+    mel = logmel(audio)[None, :, :300]  # the first window: the clip's first 300 frames
+    _, expected = worker.infer(mel)
+    np.testing.assert_allclose(embeddings[0], expected[0], atol=1e-4)
