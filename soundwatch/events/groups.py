@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,8 @@ LOGIT_CLIP = 1e-6  # probabilities are clipped to [this, 1 - this] before the lo
 def logit(probs: np.ndarray) -> np.ndarray:
     """``log(p / (1 - p))`` in float64, ``p`` clipped to ``[LOGIT_CLIP, 1 - LOGIT_CLIP]``:
     what calibrated groups weigh (the preset's weights are fitted on the same values)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    p = np.maximum(np.asarray(probs, dtype=np.float64), LOGIT_CLIP)  # np.clip, cheaper
+    np.minimum(p, 1 - LOGIT_CLIP, out=p)
     return np.log(p) - np.log1p(-p)
 
 
@@ -143,13 +144,33 @@ def logit(probs: np.ndarray) -> np.ndarray:
 class ScoreTable:
     """How the detector scores all groups at once: :func:`member_table` plus, for the
     calibrated groups, their weights (``[G, M]``, 0 on padding), biases and weights of the
-    highest logit."""
+    highest logit.
+
+    The calibrated groups' rows are also kept on their own (``cal_*``), sliced once here:
+    :func:`group_scores` runs per window and stream, and slicing per call cost as much as
+    the arithmetic."""
 
     members: np.ndarray
     weights: np.ndarray
     bias: np.ndarray
     max_weight: np.ndarray  # [G]
     calibrated: np.ndarray  # [G] bool
+    cal_rows: np.ndarray = field(init=False, repr=False, compare=False)  # [Gc] row indices
+    cal_members: np.ndarray = field(init=False, repr=False, compare=False)  # [Gc, M]
+    cal_weights: np.ndarray = field(init=False, repr=False, compare=False)  # [Gc, M]
+    cal_bias: np.ndarray = field(init=False, repr=False, compare=False)  # [Gc]
+    cal_max_weight: np.ndarray = field(init=False, repr=False, compare=False)  # [Gc]
+
+    def __post_init__(self) -> None:
+        rows = np.flatnonzero(self.calibrated)
+        for name, value in (
+            ("cal_rows", rows),
+            ("cal_members", self.members[rows]),
+            ("cal_weights", self.weights[rows]),
+            ("cal_bias", self.bias[rows]),
+            ("cal_max_weight", self.max_weight[rows]),
+        ):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def of(cls, groups: Sequence[Group]) -> ScoreTable:
@@ -169,23 +190,20 @@ class ScoreTable:
 def group_scores(probs: np.ndarray, groups: Sequence[Group] | ScoreTable) -> np.ndarray:
     """``[..., num_classes]`` probabilities -> ``[..., num_groups]``: the max within each
     group, or the calibrated group's logistic score (the padding of a group's row repeats
-    its first class: it adds 0 to the weighted sum and nothing to the max).
+    its first class: it adds 0 to the weighted sum and nothing to the max), float32.
 
     ``groups`` may be a :class:`ScoreTable` already built (what the detector keeps)."""
     table = groups if isinstance(groups, ScoreTable) else ScoreTable.of(groups)
-    members = probs[..., table.members]
-    scores = members.max(axis=-1)
-    if table.calibrated.any():
-        rows = table.calibrated
-        logits = logit(members[..., rows, :])
+    scores = probs[..., table.members].max(axis=-1).astype(np.float32, copy=False)
+    if len(table.cal_rows):
+        logits = logit(probs[..., table.cal_members])
         z = (
-            table.bias[rows]
-            + (table.weights[rows] * logits).sum(axis=-1)
-            + table.max_weight[rows] * logits.max(axis=-1)
+            table.cal_bias
+            + (table.cal_weights * logits).sum(axis=-1)
+            + table.cal_max_weight * logits.max(axis=-1)
         )
-        scores = scores.astype(np.float64)
-        scores[..., rows] = 1.0 / (1.0 + np.exp(-z))
-    return scores.astype(np.float32, copy=False)
+        scores[..., table.cal_rows] = 1.0 / (1.0 + np.exp(-z))  # float64, rounded once
+    return scores
 
 
 def member_table(groups: Sequence[Group]) -> np.ndarray:
