@@ -101,14 +101,21 @@ class HysteresisTracker:
         self._end = np.zeros(g, dtype=np.int64)  # one past the last active step
         self._confirmed = np.zeros(g, dtype=bool)
         self._peak = np.zeros(g, dtype=np.float32)
+        self._open = 0  # groups with an open event (0: no group is active either)
 
     def push(self, k: int, scores: np.ndarray) -> list[Update]:
         """Step ``k`` (in order from 0) with its ``[G]`` smoothed scores -> updates.
 
         All groups at once (array operations); only the groups whose event starts or ends
-        at this step are visited one by one, in group order."""
+        at this step are visited one by one, in group order. With no event open (a quiet
+        room, most steps) a step that activates no group changes nothing: two comparisons."""
         t = self.t
-        active = scores >= np.where(self._active, t.off, t.on)
+        if self._open:
+            active = scores >= np.where(self._active, t.off, t.on)
+        else:  # nothing open: nothing active, every group compares with its on threshold
+            active = scores >= t.on
+            if not active.any():
+                return []
         self._active = active
         was_open = self._start >= 0
         opened = active & ~was_open
@@ -119,15 +126,15 @@ class HysteresisTracker:
         confirm = active & ~self._confirmed & (k + 1 - self._start >= t.min_steps)
         close = was_open & ~active & (k + 1 - self._end > t.max_gap_steps)
         changed = confirm | close
-        if not changed.any():
-            return []
         updates: list[Update] = []
-        for g in np.flatnonzero(changed):
-            if confirm[g]:
-                self._confirmed[g] = True
-                updates.append(self._update("start", g))
-            else:
-                updates.extend(self._close(g))
+        if changed.any():
+            for g in np.flatnonzero(changed):
+                if confirm[g]:
+                    self._confirmed[g] = True
+                    updates.append(self._update("start", g))
+                else:
+                    updates.extend(self._close(g))
+        self._open = int(np.count_nonzero(self._start >= 0))
         return updates
 
     def finish(self) -> list[Update]:
