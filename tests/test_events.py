@@ -18,7 +18,7 @@ from soundwatch.events import (
     parse_events_config,
     resolve_groups,
 )
-from soundwatch.events.agreement import StepAggregator, aggregate_steps
+from soundwatch.events.agreement import StepAggregator, aggregate_steps, step_score
 from soundwatch.events.config import GroupConfig, load_preset
 from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
@@ -414,6 +414,21 @@ def test_aggregator_streams_the_offline_quantiles():
     # Step 0 is covered by one window only; step 50 by six (starts 250..500).
     np.testing.assert_array_equal(offline[0], scores[0])
     np.testing.assert_allclose(offline[50], np.quantile(scores[5:11], 0.2, axis=0), rtol=1e-6)
+
+
+def test_step_score_is_numpy_quantile_exactly():
+    # step_score sorts the few covering windows itself; it must give numpy.quantile's
+    # values bit for bit (ties, quantiles on either side of an index's middle, a NaN).
+    rng = np.random.default_rng(3)
+    for case in range(300):
+        n = 1 + case % 12
+        q = (0.0, 0.2, 0.5, 0.75, 0.9999, float(rng.random()))[case % 6]
+        scores = (rng.random((n, 9)) ** rng.uniform(0.3, 8)).astype(np.float32)
+        scores[rng.random((n, 9)) < 0.2] = scores[0, 0]
+        if case % 25 == 0:
+            scores[n // 2, 4] = np.nan
+        expected = np.quantile(scores, q, axis=0).astype(np.float32)
+        np.testing.assert_array_equal(step_score(scores, q), expected, err_msg=f"{n=} {q=}")
 
 
 @pytest.mark.parametrize(("method", "width"), [("median", 0.5), ("median", 1.0), ("ema", 0.4)])

@@ -13,6 +13,7 @@ Steps no window covers (windows dropped by backpressure) score 0 and are counted
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from itertools import pairwise
 
@@ -20,10 +21,27 @@ import numpy as np
 
 
 def step_score(covering: np.ndarray, quantile: float) -> np.ndarray:
-    """``[n_windows, G]`` scores of the windows covering one step -> ``[G]`` step score."""
-    if covering.shape[0] == 1:
+    """``[n_windows, G]`` scores of the windows covering one step -> ``[G]`` step score.
+
+    Exactly ``numpy.quantile(covering, quantile, axis=0)`` (its linear interpolation, the
+    same arithmetic), computed on a sort of the few windows: it runs for every window of
+    every stream, and ``numpy.quantile``'s generality cost 4 times the work."""
+    n = covering.shape[0]
+    if n == 1:
         return covering[0].astype(np.float32)
-    return np.quantile(covering, quantile, axis=0).astype(np.float32)
+    ordered = np.sort(covering, axis=0)
+    if np.isnan(ordered[-1]).any():  # numpy's NaN rule: such a column's quantile is NaN
+        return np.quantile(covering, quantile, axis=0).astype(np.float32)
+    virtual = (n - 1) * quantile
+    if virtual >= n - 1:
+        return ordered[-1].astype(np.float32)
+    below = math.floor(virtual)
+    gamma = virtual - below
+    a, b = ordered[below], ordered[below + 1]
+    diff = b - a
+    # numpy.lerp: from the nearer end, so the result stays within [a, b]
+    value = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return value.astype(np.float32)
 
 
 def aggregate_steps(
