@@ -194,9 +194,10 @@ def group_scores(probs: np.ndarray, groups: Sequence[Group] | ScoreTable) -> np.
 
     ``groups`` may be a :class:`ScoreTable` already built (what the detector keeps)."""
     table = groups if isinstance(groups, ScoreTable) else ScoreTable.of(groups)
-    scores = probs[..., table.members].max(axis=-1).astype(np.float32, copy=False)
+    probs = np.asarray(probs)
+    scores = probs.take(table.members, axis=-1).max(axis=-1).astype(np.float32, copy=False)
     if len(table.cal_rows):
-        logits = logit(probs[..., table.cal_members])
+        logits = logit(probs.take(table.cal_members, axis=-1))
         z = (
             table.cal_bias
             + (table.cal_weights * logits).sum(axis=-1)
