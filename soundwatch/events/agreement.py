@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import pairwise
 
 import numpy as np
 
@@ -116,26 +115,30 @@ class StepAggregator:
         out: list[tuple[int, np.ndarray]] = []
         first = self.next_step
         if first < limit:
+            # Plain Python: a handful of windows and steps per call, where array set-up
+            # cost more than the comparisons.
             sf = self.step_frames
-            ks = np.arange(first, limit)
             windows = list(self._windows)
-            starts = np.fromiter((w[0] for w in windows), np.int64, len(windows))
-            stops = np.fromiter((w[1] for w in windows), np.int64, len(windows))
-            cover = (starts[None, :] <= ks[:, None] * sf) & (
-                stops[None, :] >= (ks[:, None] + 1) * sf
-            )
-            # Rows where the covering set changes from the previous step start a run.
-            changes = np.flatnonzero((cover[1:] != cover[:-1]).any(axis=1)) + 1
-            bounds = [0, *changes.tolist(), len(ks)]
-            for lo, hi in pairwise(bounds):
-                covering = np.flatnonzero(cover[lo])
-                if len(covering):
+            runs: list[tuple[tuple[int, ...], int]] = []  # (covering windows, steps)
+            for k in range(first, limit):
+                lo_frame, hi_frame = k * sf, (k + 1) * sf
+                covering = tuple(
+                    i for i, (a, b, _) in enumerate(windows) if a <= lo_frame and b >= hi_frame
+                )
+                if runs and runs[-1][0] == covering:
+                    runs[-1] = (covering, runs[-1][1] + 1)
+                else:
+                    runs.append((covering, 1))
+            k = first
+            for covering, count in runs:
+                if covering:
                     value = step_score(np.stack([windows[i][2] for i in covering]), self.quantile)
                 else:
-                    self.uncovered_steps += hi - lo
+                    self.uncovered_steps += count
                     value = np.zeros(self.n_groups, dtype=np.float32)
                 value.flags.writeable = False
-                out.extend((first + j, value) for j in range(lo, hi))
+                out.extend((k + j, value) for j in range(count))
+                k += count
             self.next_step = limit
         # A window ending before the next pending step's end can cover no pending step.
         need = (self.next_step + 1) * self.step_frames
