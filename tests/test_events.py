@@ -22,6 +22,7 @@ from soundwatch.events.agreement import StepAggregator, aggregate_steps, step_sc
 from soundwatch.events.config import GroupConfig, load_preset
 from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
+from soundwatch.events.hysteresis import HysteresisTracker, Thresholds
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.results import EVENTS, TAGS, WindowResult
 from soundwatch.sinks.messages import decode, encode
@@ -414,6 +415,27 @@ def test_aggregator_streams_the_offline_quantiles():
     # Step 0 is covered by one window only; step 50 by six (starts 250..500).
     np.testing.assert_array_equal(offline[0], scores[0])
     np.testing.assert_allclose(offline[50], np.quantile(scores[5:11], 0.2, axis=0), rtol=1e-6)
+
+
+def test_tracker_run_of_equal_steps_equals_step_by_step():
+    # push_run computes a run's confirmations and gap closes directly; it must report
+    # what pushing the steps one by one reports, in the same order, and leave the same
+    # state (checked by the steps and the finish after it); also with off above on.
+    rng = np.random.default_rng(5)
+    for case in range(150):
+        n_groups = int(rng.integers(1, 6))
+        on = rng.uniform(0.2, 0.9, n_groups).astype(np.float32)
+        off = (on * rng.uniform(0.1, 1.5 if case % 10 == 0 else 1.0, n_groups)).astype(np.float32)
+        t = Thresholds(on, off, rng.integers(1, 12, n_groups), rng.integers(0, 8, n_groups))
+        stepwise, runs = HysteresisTracker(t), HysteresisTracker(t)
+        k = 0
+        for _ in range(int(rng.integers(1, 40))):
+            scores = (rng.random(n_groups) * (rng.random() < 0.5)).astype(np.float32)
+            count = int(rng.integers(1, 15))
+            expected = [u for j in range(count) for u in stepwise.push(k + j, scores)]
+            assert runs.push_run(k, count, scores) == expected, case
+            k += count
+        assert runs.finish() == stepwise.finish(), case
 
 
 def test_step_score_is_numpy_quantile_exactly():

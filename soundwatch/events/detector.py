@@ -299,9 +299,21 @@ class EventDetector:
         return [self._emit(u) for u in self._feed_tracker(smoothed)]
 
     def _feed_tracker(self, smoothed: list[tuple[int, np.ndarray]]) -> list[Update]:
+        """Steps in order -> updates; consecutive steps sharing one value (the aggregator
+        gives the steps between two window edges the same array) go in as one run."""
         updates: list[Update] = []
-        for k, value in smoothed:
-            updates.extend(self._tracker.push(k, value))
+        i = 0
+        while i < len(smoothed):
+            k, value = smoothed[i]
+            count = 1
+            while (
+                i + count < len(smoothed)
+                and smoothed[i + count][1] is value
+                and smoothed[i + count][0] == k + count
+            ):
+                count += 1
+            updates.extend(self._tracker.push_run(k, count, value))
+            i += count
         return updates
 
     def _emit(self, update: Update) -> Event:

@@ -137,6 +137,46 @@ class HysteresisTracker:
         self._open = int(np.count_nonzero(self._start >= 0))
         return updates
 
+    def push_run(self, k: int, count: int, scores: np.ndarray) -> list[Update]:
+        """Steps ``k .. k + count - 1`` that all have the same ``scores`` -> exactly the
+        updates of ``count`` :meth:`push` calls, with array operations for the whole run.
+
+        Window agreement gives every step between two window edges one value (five steps
+        per window at the default step and hop). After the run's first step no group
+        changes state (a group above ``on`` stays above ``off``), so within the run only
+        confirmations and gap closes remain, each at a step computed directly."""
+        updates = self.push(k, scores)
+        if count == 1:
+            return updates
+        last = k + count - 1
+        t = self.t
+        active = self._active
+        if not np.array_equal(scores >= np.where(active, t.off, t.on), active):
+            for j in range(k + 1, last + 1):  # thresholds with off above on: step by step
+                updates.extend(self.push(j, scores))
+            return updates
+        if not self._open:
+            return updates  # a quiet run: nothing open, nothing opens
+        # Confirmed at the first step j with j + 1 - start >= min_steps; closed at the first
+        # step j with j + 1 - end > max_gap (end stays put while inactive).
+        confirm_at = np.maximum(k + 1, self._start + t.min_steps - 1)
+        confirm = active & ~self._confirmed & (confirm_at <= last)
+        close_at = np.maximum(k + 1, self._end + t.max_gap_steps)
+        close = (self._start >= 0) & ~active & (close_at <= last)
+        changed = np.flatnonzero(confirm | close)
+        if len(changed):
+            at = np.where(confirm, confirm_at, close_at)[changed]
+            for g in changed[np.lexsort((changed, at))]:  # step order, then group order
+                if confirm[g]:
+                    self._confirmed[g] = True
+                    self._end[g] = confirm_at[g] + 1  # active up to the confirming step
+                    updates.append(self._update("start", g))
+                else:
+                    updates.extend(self._close(g))
+            self._open = int(np.count_nonzero(self._start >= 0))
+        self._end[active] = last + 1
+        return updates
+
     def finish(self) -> list[Update]:
         """The stream ended: close every open event (unconfirmed ones are dropped)."""
         updates: list[Update] = []
