@@ -11,9 +11,10 @@ probabilities are random (a Beta(0.3, 60) background, so groups cross their thre
 and then, as on real rooms).
 
 Prints, per handler and for both together, the median (and p90) microseconds per window
-over the hops after the first ``--warmup`` seconds. ``--profile`` also prints the top of a
-cProfile of the loop. Compare two commits by running the same command on each (note the
-machine's load beside the numbers)::
+over the hops after the first ``--warmup`` seconds. ``--profile N`` also prints the top N
+rows of a cProfile of the loop (its overhead inflates that run's times: time without it).
+Compare two commits by running the same command on each (note the machine's load beside
+the numbers)::
 
     .venv/bin/python benchmarks/delivery.py --streams 100 --seconds 60
 """
