@@ -258,8 +258,8 @@ def test_status_shows_the_chunks_and_split_passes_give_the_same_tags(
 
 def test_a_hung_chunk_is_timed_by_the_watchdog_and_holds_nothing_up() -> None:
     """A chunk that never returns keeps its pass running: the watchdog reports it and ends
-    the run past the deadline; closing does not wait for the hung chunk, whose daemon
-    thread cannot keep the process from exiting."""
+    the run past the deadline; closing waits for the hung chunk only up to its timeout,
+    and its daemon thread cannot keep the process from exiting."""
     release = threading.Event()
 
     def chunk(mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +283,7 @@ def test_a_hung_chunk_is_timed_by_the_watchdog_and_holds_nothing_up() -> None:
         with pytest.raises(SoundwatchError, match=r"a forward pass has not returned after"):
             pipeline.run(shutdown_timeout=30)
         assert pipeline.faults.inference_stalls == 1
-        closing = threading.Thread(target=parallel.close)
+        closing = threading.Thread(target=parallel.close, args=(0.5,))  # waits 0.5 s at most
         closing.start()
         closing.join(timeout=30)
         assert not closing.is_alive() and not release.is_set()
@@ -291,6 +291,16 @@ def test_a_hung_chunk_is_timed_by_the_watchdog_and_holds_nothing_up() -> None:
         assert workers and all(t.daemon for t in workers)
     finally:
         release.set()
+
+
+def test_closing_leaves_no_worker_thread_behind() -> None:
+    """After close, every worker has ended (a stopped run reports no threads left)."""
+    parallel = ParallelInfer(zeros_infer, 3, min_chunk=1)
+    parallel(np.ones((6, 128, 5), np.float32))
+    workers = [t for t in threading.enumerate() if t.name.startswith("forward")]
+    assert len(workers) >= 2
+    parallel.close()
+    assert not any(t.is_alive() for t in workers)
 
 
 def test_a_closed_wrapper_runs_whole_passes() -> None:

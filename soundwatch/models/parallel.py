@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from itertools import pairwise
@@ -35,6 +36,10 @@ cores (benchmarks/parallel_inference.py): even two windows as two chunks of one 
 (mn04) and 2.0x (mn10) faster than one pass, at the same CPU time per window within 5%."""
 
 MAX_PARALLEL = 256
+
+CLOSE_TIMEOUT_S = 5.0
+"""How long :meth:`ParallelInfer.close` waits for the worker threads in all (a chunk in
+flight finishes well within it; a hung one is left behind)."""
 
 _Task = tuple[Future, InferFn, np.ndarray]
 
@@ -96,6 +101,7 @@ class ParallelInfer:
         self.chunks = chunks
         self.min_chunk = min_chunk
         self._inboxes: list[SimpleQueue[_Task | None]] = []
+        self._workers: list[threading.Thread] = []
         for index in range(1, chunks):
             inbox: SimpleQueue[_Task | None] = SimpleQueue()
             worker = threading.Thread(
@@ -103,6 +109,7 @@ class ParallelInfer:
             )
             worker.start()
             self._inboxes.append(inbox)
+            self._workers.append(worker)
         self.split_passes = 0  # passes that ran as more than one chunk
 
     def __call__(self, mels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +131,17 @@ class ParallelInfer:
         embeddings = np.concatenate([e for _, e in parts])
         return probs, embeddings
 
-    def close(self) -> None:
-        """Let the worker threads end (each after the chunk it runs; not waited for)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Let the worker threads end after the chunk each runs, waiting for them at most
+        ``timeout`` s in all: a stopped run leaves no thread behind, and a hung chunk's
+        thread (a daemon) is left after the wait instead of holding the caller up."""
         for inbox in self._inboxes:
             inbox.put(None)
         self._inboxes = []
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._workers = []
 
 
 def _work(inbox: SimpleQueue[_Task | None]) -> None:
