@@ -362,7 +362,10 @@ def test_busy_port_and_bad_endpoint_are_clear_errors() -> None:
         assert result.returncode == 1
         assert result.stderr.startswith("soundwatch: error: cannot serve the dashboard")
         assert len(result.stderr.splitlines()) == 1
-    with pytest.raises(SoundwatchError, match="cannot subscribe to nowhere"):
+    with pytest.raises(
+        SoundwatchError,
+        match="cannot subscribe: 'nowhere' is not a ZeroMQ endpoint: it names no transport",
+    ):
         DashboardServer(["nowhere"], port=0).start()
 
 
