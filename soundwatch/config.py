@@ -23,6 +23,7 @@ from soundwatch.events.config import EventsConfig
 from soundwatch.heads.config import HeadsConfig
 from soundwatch.metrics.config import MetricsConfig
 from soundwatch.model_catalog import MODEL_NAMES
+from soundwatch.models.parallel import MAX_PARALLEL
 from soundwatch.mqtt.config import MqttConfig
 from soundwatch.recorder.config import RecorderConfig
 from soundwatch.scale.config import InferenceConfig
@@ -83,12 +84,12 @@ class ModelConfig(StrictModel):
         if isinstance(value, str) and value.strip().isdigit():  # from a command-line flag
             value = int(value)
         if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256
+            isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PARALLEL
         ):
             return value
         raise ValueError(
             "must be 'auto' (the usable CPU cores; 1 on CUDA and with the Ray engine) or a "
-            "whole number of chunks from 1 to 256"
+            f"whole number of chunks from 1 to {MAX_PARALLEL}"
         )
 
 
