@@ -77,6 +77,8 @@ def test_history_view_in_chromium(tmp_path: Path) -> None:
             found = d.find_elements(By.CSS_SELECTOR, '#history-rows tr[data-label="dog"]')
             return [r for r in found if "play" in r.text]
 
+        # The view is revealed by the page's first history fetch; the button is clickable after.
+        wait.until(lambda d: d.find_element(*show).is_displayed(), "no history view shown")
         wait.until(clip_rows, "no dog event with a clip in the history view")
 
         # Filters: by label, by stream, by time (a window in the future holds nothing).
