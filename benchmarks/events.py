@@ -108,11 +108,13 @@ def thresholds_of(settings: DetectorSettings, on: np.ndarray) -> Thresholds:
     """``settings``' thresholds with ``threshold_on`` replaced (off keeps its ratio)."""
     base = settings.thresholds
     on = np.asarray(on, dtype=np.float32)
-    return Thresholds(
-        on=on,
-        off=(on * (base.off / base.on)).astype(np.float32),
-        min_steps=base.min_steps,
-        max_gap_steps=base.max_gap_steps,
+    return dataclasses.replace(base, on=on, off=(on * (base.off / base.on)).astype(np.float32))
+
+
+def without_lead_in(settings: DetectorSettings) -> DetectorSettings:
+    """``settings`` with onsets at the first step above ``threshold_on`` (no lead-in)."""
+    return dataclasses.replace(
+        settings, thresholds=dataclasses.replace(settings.thresholds, max_lead_steps=0)
     )
 
 
@@ -289,7 +291,7 @@ def learn_calibration(
 # --- calibration that transfers: a shared prior and a pooled logistic ----------------------
 PRIOR_L2 = 0.01  # ridge of a group's weights toward the shared prior (data weight: 1 per group)
 POOLED_L2 = 1e-3  # ridge on the pooled logistic's standardised weights
-POOLED_SHARE = 0.5  # shipped score: logit = (1 - this) x per-group + this x pooled
+POOLED_SHARE = 0.8  # shipped score: logit = (1 - this) x per-group + this x pooled
 BACKGROUND_PERCENTILE = 99.0  # the pooled logistic's background level of a group's max logit
 
 
@@ -704,10 +706,11 @@ def main() -> None:
         shared = PROBABILITY_GRID[global_index(table[tuned])]
         return np.where(tuned, shared, calibrated(raw, data.steps, data.truth)).astype(np.float32)
 
-    def learn_blend(share: float) -> Callable[[SceneSet], DetectorSettings]:
+    def learn_blend(share: float, lead_in: bool = True) -> Callable[[SceneSet], DetectorSettings]:
         def calibrate(data: SceneSet) -> DetectorSettings:
             tuned = has_truth(data.table(settings))
-            return learn_transferable_calibration(data.windows, data.truth, settings, tuned, share)
+            s = learn_transferable_calibration(data.windows, data.truth, settings, tuned, share)
+            return s if lead_in else without_lead_in(s)
 
         return calibrate
 
@@ -773,6 +776,19 @@ def main() -> None:
             "calibrated: one pooled logistic for all groups (not kept)",
             shared_on_calibrated,
             calibrate=learn_blend(1.0),
+            grid=PROBABILITY_GRID,
+        ),
+        Method(
+            "the blend with pooled share 0.5 (session 4's setting; not kept)",
+            shared_on_calibrated,
+            calibrate=learn_blend(0.5),
+            grid=PROBABILITY_GRID,
+        ),
+        Method(
+            "the shipped blend without the lead-in (onset at the first step above "
+            "threshold_on; not kept)",
+            shared_on_calibrated,
+            calibrate=learn_blend(POOLED_SHARE, lead_in=False),
             grid=PROBABILITY_GRID,
         ),
         winner,

@@ -22,7 +22,7 @@ from soundwatch.events.agreement import StepAggregator, aggregate_steps, step_sc
 from soundwatch.events.config import GroupConfig, load_preset
 from soundwatch.events.detector import DetectorSettings
 from soundwatch.events.groups import Group, group_scores
-from soundwatch.events.hysteresis import HysteresisTracker, Thresholds
+from soundwatch.events.hysteresis import HysteresisTracker, Thresholds, find_spans
 from soundwatch.events.smoothing import Smoother, smooth
 from soundwatch.results import EVENTS, TAGS, WindowResult
 from soundwatch.sinks.messages import decode, encode
@@ -340,9 +340,10 @@ def results_for(stream, placement, probs, origin) -> list[WindowResult]:
     max_gap=st.sampled_from([0.0, 0.5, 2.0]),
     trim=st.sampled_from([0.0, 0.3]),
     drop=st.sampled_from([0.0, 0.2]),
+    lead=st.sampled_from([(None, 3.0), (0.5, 3.0), (0.7, 0.3), (0.5, 60.0)]),
 )
 def test_streaming_detector_equals_offline(
-    seed, window, hop_div, step, agreement, smoothing, min_duration, max_gap, trim, drop
+    seed, window, hop_div, step, agreement, smoothing, min_duration, max_gap, trim, drop, lead
 ):
     rng = np.random.default_rng(seed)
     hop = max(1, window // hop_div)
@@ -364,6 +365,8 @@ def test_streaming_detector_equals_offline(
         threshold_off=0.3,
         min_duration=min_duration,
         max_gap=max_gap,
+        lead_in=lead[0],
+        max_lead_in=lead[1],
         groups={"ab": GroupConfig(labels=["a", "b"], threshold_on=0.7)},
     )
     # "ab" pools by max, "cd" is calibrated (a logistic of its classes' logits and their max).
@@ -426,7 +429,8 @@ def test_tracker_run_of_equal_steps_equals_step_by_step():
         n_groups = int(rng.integers(1, 6))
         on = rng.uniform(0.2, 0.9, n_groups).astype(np.float32)
         off = (on * rng.uniform(0.1, 1.5 if case % 10 == 0 else 1.0, n_groups)).astype(np.float32)
-        t = Thresholds(on, off, rng.integers(1, 12, n_groups), rng.integers(0, 8, n_groups))
+        lead = (float(rng.uniform(0.2, 1.0)), int(rng.integers(0, 10)))
+        t = Thresholds(on, off, rng.integers(1, 12, n_groups), rng.integers(0, 8, n_groups), *lead)
         stepwise, runs = HysteresisTracker(t), HysteresisTracker(t)
         k = 0
         for _ in range(int(rng.integers(1, 40))):
@@ -436,6 +440,36 @@ def test_tracker_run_of_equal_steps_equals_step_by_step():
             assert runs.push_run(k, count, scores) == expected, case
             k += count
         assert runs.finish() == stepwise.finish(), case
+
+
+@pytest.mark.parametrize(
+    ("lead_ratio", "max_lead_steps", "start"),
+    [
+        (1.0, 0, 4),  # no lead-in: the first step above on
+        (0.5, 10, 2),  # back over the two steps >= 0.5 x on, not the 0.28 before them
+        (0.5, 1, 3),  # at most one step back
+        (0.25, 10, 2),  # 0.28 is above 0.25 x on but below off (0.3): never under off
+    ],
+)
+def test_lead_in_moves_the_onset_back_over_the_steps_leading_up(lead_ratio, max_lead_steps, start):
+    on, off = np.float32([1.0]), np.float32([0.3])
+    x = np.float32([0.0, 0.28, 0.6, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])[:, None]
+    t = Thresholds(on, off, np.array([2]), np.array([0]), lead_ratio, max_lead_steps)
+    (span,) = find_spans(x, t)
+    # The lead-in moves only the start: confirmed and ended as without it.
+    assert (span.start, span.end, span.confirmed_at, span.peak) == (start, 7, 5, 1.0)
+    tracker = HysteresisTracker(t)
+    updates = [u for k, v in enumerate(x) for u in tracker.push(k, v)]
+    assert [(u.state, u.start, u.end) for u in updates] == [("start", start, 6), ("end", start, 7)]
+
+
+def test_lead_in_never_reaches_into_the_previous_event():
+    # Two events of one group 0.2 s apart (max_gap 0): the second's lead-in stops at the
+    # step after the first one's end, which scored below off.
+    on, off = np.float32([1.0]), np.float32([0.5])
+    x = np.float32([1.0, 1.0, 0.4, 0.6, 0.9, 1.0, 1.0])[:, None]
+    t = Thresholds(on, off, np.array([1]), np.array([0]), 0.5, 100)
+    assert [(s.start, s.end) for s in find_spans(x, t)] == [(0, 2), (3, 7)]
 
 
 def test_step_score_is_numpy_quantile_exactly():

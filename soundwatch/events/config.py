@@ -136,6 +136,17 @@ class EventsConfig(StrictModel):
         description="seconds moved inwards at both ends of an event: windows that only "
         "partly hold a sound still score it, so raw boundaries reach past the sound",
     )
+    lead_in: float | None = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="an event's onset moves back over the steps just before it that score "
+        "at least this x its threshold_on (and threshold_off): window agreement makes a "
+        "sound cross threshold_on late; null: onsets at the first step above threshold_on",
+    )
+    max_lead_in: float = Field(
+        default=3.0, ge=0.0, le=60.0, description="seconds the lead-in reaches back at most"
+    )
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
     threshold_on: float = Field(
         default=0.1, gt=0.0, le=1.0, description="for groups without their own threshold_on"

@@ -98,6 +98,8 @@ class DetectorSettings:
             off=np.asarray(off, dtype=np.float32),
             min_steps=np.asarray(min_steps, dtype=np.int64),
             max_gap_steps=np.asarray(max_gap, dtype=np.int64),
+            lead_ratio=1.0 if config.lead_in is None else config.lead_in,
+            max_lead_steps=0 if config.lead_in is None else round(config.max_lead_in / step_s),
         )
         return cls(
             groups=list(groups),

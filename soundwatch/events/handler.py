@@ -135,7 +135,8 @@ class EventsHandler:
                 )
             step = self.settings.step_s
             t = self.settings.thresholds
-            new = Thresholds(
+            new = replace(
+                t,
                 on=_with(t.on, i, checked.threshold_on),
                 off=_with(t.off, i, checked.threshold_off),
                 min_steps=_with(t.min_steps, i, math.ceil(checked.min_duration / step - 1e-9)),
@@ -179,7 +180,8 @@ class EventsHandler:
         """The thresholds the detectors use: infinite for disabled groups."""
         t = self.settings.thresholds
         off = ~self.enabled
-        return Thresholds(
+        return replace(
+            t,
             on=np.where(off, np.float32(np.inf), t.on).astype(np.float32),
             off=np.where(off, np.float32(np.inf), t.off).astype(np.float32),
             min_steps=t.min_steps.copy(),

@@ -5,6 +5,15 @@ step, stays at or above ``off``). Active runs separated by at most ``max_gap`` i
 steps form one event; an event spanning fewer than ``min_steps`` steps (first active step
 to last, gaps included) is dropped. All in steps; the detector converts to seconds.
 
+*Lead-in*: an event's reported start moves back over the steps just before its first
+active step that score at least ``lead`` (``max(off, lead_ratio x on)``), at most
+``max_lead_steps`` of them. Window agreement makes a sound cross ``on`` only once most
+windows covering a step hold it, so the first active step comes late when the sound
+starts softly; the steps leading up to it are the sound's start. Confirmation and the
+minimum duration still count from the first active step, so the lead-in finds no new
+events and announces none earlier. A lead never reaches into the group's previous event
+(the step after an event's last active step scored below ``off``).
+
 An event is *confirmed* (its start can be announced) at its first active step where it
 already spans ``min_steps``, and *closed* at the first step where the gap after its last
 active step exceeds ``max_gap`` (or at the end of the stream). :class:`HysteresisTracker`
@@ -39,6 +48,12 @@ class Thresholds:
     off: np.ndarray
     min_steps: np.ndarray
     max_gap_steps: np.ndarray
+    lead_ratio: float = 1.0  # lead-in over steps scoring >= max(off, lead_ratio x on) ...
+    max_lead_steps: int = 0  # ... at most this many steps (0: no lead-in)
+
+    def lead(self) -> np.ndarray:
+        """Per group, the score the steps before an event need to count as its lead-in."""
+        return np.maximum(self.off, np.float32(self.lead_ratio) * self.on).astype(np.float32)
 
 
 def _active_mask(x: np.ndarray, on: np.float32, off: np.float32) -> np.ndarray:
@@ -53,6 +68,7 @@ def _active_mask(x: np.ndarray, on: np.float32, off: np.float32) -> np.ndarray:
 def find_spans(scores: np.ndarray, thresholds: Thresholds) -> list[Span]:
     """All events of a whole recording's ``[K, G]`` smoothed scores, in announcement order."""
     spans: list[Span] = []
+    lead = thresholds.lead()
     for g in range(scores.shape[1]):
         x = scores[:, g]
         active = _active_mask(x, thresholds.on[g], thresholds.off[g])
@@ -70,7 +86,10 @@ def find_spans(scores: np.ndarray, thresholds: Thresholds) -> list[Span]:
             # Announced at the first active step at which the event spans min_steps.
             reach = np.flatnonzero(active[a:b])
             confirmed = a + int(reach[np.searchsorted(reach, thresholds.min_steps[g] - 1)])
-            spans.append(Span(g, int(a), int(b), confirmed, float(x[a:b].max())))
+            start, limit = int(a), max(0, int(a) - thresholds.max_lead_steps)
+            while start > limit and x[start - 1] >= lead[g]:
+                start -= 1
+            spans.append(Span(g, start, int(b), confirmed, float(x[a:b].max())))
     spans.sort(key=lambda s: (s.confirmed_at, s.group))
     return spans
 
@@ -81,7 +100,7 @@ class Update:
 
     state: str
     group: int
-    start: int
+    start: int  # with the lead-in
     end: int  # steps known active so far (start) or final end (end)
     peak: float
 
@@ -94,10 +113,23 @@ class HysteresisTracker:
         self.n_groups = len(thresholds.on)
         self.reset()
 
+    @property
+    def t(self) -> Thresholds:
+        return self._t
+
+    @t.setter
+    def t(self, thresholds: Thresholds) -> None:
+        """New thresholds (a runtime change) apply from the next step on."""
+        self._t = thresholds
+        self._lead = thresholds.lead()
+
     def reset(self) -> None:
         g = self.n_groups
         self._active = np.zeros(g, dtype=bool)
-        self._start = np.full(g, -1, dtype=np.int64)  # -1: no open event
+        self._start = np.full(g, -1, dtype=np.int64)  # -1: no open event (first active step)
+        self._onset = np.zeros(g, dtype=np.int64)  # the open event's start with its lead-in
+        self._lead_from = np.zeros(g, dtype=np.int64)  # first step of the run >= lead up to now
+        self._fresh = True  # no step pushed since the reset: no run before the next one
         self._end = np.zeros(g, dtype=np.int64)  # one past the last active step
         self._confirmed = np.zeros(g, dtype=bool)
         self._peak = np.zeros(g, dtype=np.float32)
@@ -110,17 +142,24 @@ class HysteresisTracker:
         at this step are visited one by one, in group order. With no event open (a quiet
         room, most steps) a step that activates no group changes nothing: two comparisons."""
         t = self.t
+        if self._fresh:
+            self._lead_from[:] = k
+            self._fresh = False
         if self._open:
             active = scores >= np.where(self._active, t.off, t.on)
         else:  # nothing open: nothing active, every group compares with its on threshold
             active = scores >= t.on
             if not active.any():
+                self._follow_lead(k, k, scores)
                 return []
         self._active = active
         was_open = self._start >= 0
         opened = active & ~was_open
-        self._start[opened] = k
-        self._peak[opened] = scores[opened]
+        if opened.any():
+            self._start[opened] = k
+            self._onset[opened] = np.maximum(self._lead_from[opened], k - t.max_lead_steps)
+            self._peak[opened] = scores[opened]
+        self._follow_lead(k, k, scores)
         self._end[active] = k + 1
         self._peak[active] = np.maximum(self._peak[active], scores[active])
         confirm = active & ~self._confirmed & (k + 1 - self._start >= t.min_steps)
@@ -155,6 +194,7 @@ class HysteresisTracker:
             for j in range(k + 1, last + 1):  # thresholds with off above on: step by step
                 updates.extend(self.push(j, scores))
             return updates
+        self._follow_lead(k + 1, last, scores)
         if not self._open:
             return updates  # a quiet run: nothing open, nothing opens
         # Confirmed at the first step j with j + 1 - start >= min_steps; closed at the first
@@ -177,6 +217,13 @@ class HysteresisTracker:
         self._end[active] = last + 1
         return updates
 
+    def _follow_lead(self, first: int, last: int, scores: np.ndarray) -> None:
+        """Steps ``first .. last`` scored ``scores``: a group below its lead level starts
+        its next lead-in run after ``last``."""
+        if self.t.max_lead_steps:
+            below = scores < self._lead
+            self._lead_from[below] = last + 1
+
     def finish(self) -> list[Update]:
         """The stream ended: close every open event (unconfirmed ones are dropped)."""
         updates: list[Update] = []
@@ -186,7 +233,8 @@ class HysteresisTracker:
         return updates
 
     def _update(self, state: str, g: int) -> Update:
-        return Update(state, int(g), int(self._start[g]), int(self._end[g]), float(self._peak[g]))
+        start = int(self._onset[g])
+        return Update(state, int(g), start, int(self._end[g]), float(self._peak[g]))
 
     def _close(self, g: int) -> list[Update]:
         out = [self._update("end", g)] if self._confirmed[g] else []
