@@ -43,8 +43,8 @@ from soundwatch.models import InferenceWorker, load_model  # noqa: E402
 CLIPS = REPO.parent / "shared" / "audio" / "clips"
 SETTINGS = {
     "(3 dB, 2 dB)": GateSettings(level_db=3.0, spectrum_db=2.0),
-    "default (2 dB, 1.5 dB)": GateSettings(),
-    "tighter (2 dB, 1 dB)": GateSettings(level_db=2.0, spectrum_db=1.0),
+    "(2 dB, 1.5 dB; the default until the lead-in)": GateSettings(level_db=2.0, spectrum_db=1.5),
+    "default (2 dB, 1 dB)": GateSettings(),
     "loose (4 dB, 3 dB)": GateSettings(level_db=4.0, spectrum_db=3.0),
 }
 

@@ -139,7 +139,7 @@ class GateConfig(StrictModel):
 
     enabled: bool = True  # event F1 on scenes-dev within 0.02 (docs/performance.md)
     level_db: float = Field(default=2.0, gt=0.0, le=60.0)
-    spectrum_db: float = Field(default=1.5, gt=0.0, le=60.0)
+    spectrum_db: float = Field(default=1.0, gt=0.0, le=60.0)
     max_carry_s: float = Field(default=10.0, gt=0.0, le=3600.0)
 
 

@@ -249,5 +249,5 @@ def test_the_run_gates_by_default_with_the_documented_thresholds() -> None:
     from soundwatch.config import Config, apply_overrides
     from soundwatch.runner import gate_settings
 
-    assert gate_settings(Config()) == GateSettings(level_db=2.0, spectrum_db=1.5, max_carry_s=10)
+    assert gate_settings(Config()) == GateSettings(level_db=2.0, spectrum_db=1.0, max_carry_s=10)
     assert gate_settings(apply_overrides(Config(), {"pipeline.gate": {"enabled": False}})) is None

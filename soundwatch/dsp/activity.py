@@ -40,7 +40,7 @@ class GateSettings:
     """When a window counts as having nothing new to hear (see the module docstring)."""
 
     level_db: float = 2.0  # the loudest frame moved by less than this
-    spectrum_db: float = 1.5  # no pooled band's mean moved by this much (entered or left)
+    spectrum_db: float = 1.0  # no pooled band's mean moved by this much (entered or left)
     max_carry_s: float = 10.0  # the model hears the stream at least this often
 
     def __post_init__(self) -> None:
