@@ -246,6 +246,8 @@ def run_once(args: argparse.Namespace) -> dict:
         overrides["pipeline.max_batch"] = args.max_batch
     if args.gate is not None:
         overrides["pipeline.gate"] = {"enabled": args.gate == "on"}
+    if args.stagger is not None:
+        overrides["pipeline.stagger"] = args.stagger == "on"
     config = apply_overrides(Config(), overrides)
     subscriber = subprocess.Popen(
         [sys.executable, __file__, "--subscribe", endpoint, "--streams", str(args.streams)],
@@ -472,7 +474,7 @@ def trial(args: argparse.Namespace, streams: int) -> dict:
     command = [sys.executable, __file__, "--streams", str(streams), "--json"]
     keys = ("seconds", "model", "window", "hop", "backend", "source", "threads", "weights")
     keys += ("parallel",)
-    for key in (*keys, "quiet", "gate"):
+    for key in (*keys, "quiet", "gate", "stagger"):
         value = getattr(args, key)
         if value is not None:
             command += [f"--{key}", str(value)]
@@ -581,6 +583,9 @@ def main() -> int:
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval, s")
     parser.add_argument("--quiet", type=float, default=0.0, help="share of room-noise streams")
     parser.add_argument("--gate", choices=("on", "off"), help="pipeline.gate (default: config)")
+    parser.add_argument(
+        "--stagger", choices=("on", "off"), help="pipeline.stagger (default: config)"
+    )
     parser.add_argument("--rss-every", type=float, help="sample RSS every S seconds")
     parser.add_argument("--warmup", type=float, default=60.0, help="s before RSS growth counts")
     parser.add_argument("--startup", action="store_true", help="launch-to-first-tags only")

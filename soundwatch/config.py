@@ -150,6 +150,9 @@ class PipelineConfig(StrictModel):
     max_pending_windows: int = Field(default=32, ge=1, le=100_000)  # per stream
     max_pending_seconds: float = Field(default=2.0, gt=0.0, le=3600.0)  # per stream and series
     max_batch: int = Field(default=32, ge=1, le=1024)
+    # Streams' windows fall due at different moments of the hop (soundwatch.dsp.windows),
+    # not all at once: steadier batches, lower latency (docs/performance.md).
+    stagger: bool = True
     gate: GateConfig = Field(default_factory=GateConfig)
 
 

@@ -74,6 +74,7 @@ DROP_WARNING_INTERVAL_S = 5.0
 #: This many failed forward passes within :data:`INFERENCE_FAILURE_PERIOD_S` end the run:
 #: one failure (a transient CUDA error, a bad batch) costs one batch; a broken model or
 #: device fails every pass and must not leave a process that publishes nothing.
+GOLDEN_RATIO_FRACTION = (5**0.5 - 1) / 2  # stagger: successive phases spread evenly
 MAX_INFERENCE_FAILURES = 5
 INFERENCE_FAILURE_PERIOD_S = 60.0
 #: A forward pass running longer than this is reported as stalled (logged, counted).
@@ -292,12 +293,17 @@ class StreamState:
         series: dict[frozenset[str], tuple[float, float]],
         on_frames: Callable[[str, np.ndarray, float], None] | None = None,
         on_audio: Callable[[str, AudioBlock], None] | None = None,
+        phase: float = 0.0,
     ):
         self.source = source
         self.id = source.id
         self.frontend = StreamingLogMel()
         self.windowers = {
-            purposes: MelWindower(seconds_to_frames(window_s), seconds_to_frames(hop_s))
+            purposes: MelWindower(
+                seconds_to_frames(window_s),
+                hop := seconds_to_frames(hop_s),
+                phase_frames=min(int(phase * hop), hop - 1),
+            )
             for purposes, (window_s, hop_s) in series.items()
         }
         self.block_when_full = source.waits_when_behind
@@ -498,6 +504,7 @@ class Pipeline:
         inference_timeout: float = INFERENCE_TIMEOUT_S,
         inference_deadline: float = INFERENCE_DEADLINE_S,
         open_ended: bool = False,
+        stagger: bool = False,
     ) -> None:
         """``on_frames(stream, frames [128, k], t_first)`` and ``on_audio(stream, block)`` are
         called on the capture or stream threads with every batch of mel frames and every
@@ -533,7 +540,11 @@ class Pipeline:
                 "name them with --source ID=SPEC"
             )
         self.series = window_series(window_s, hop_s, events_window)
-        self.streams = [StreamState(s, self.series, on_frames, on_audio) for s in sources]
+        self.stagger = stagger
+        self._streams_made = 0  # the next stream's place in the stagger sequence
+        self.streams = [
+            StreamState(s, self.series, on_frames, on_audio, self._next_phase()) for s in sources
+        ]
         self.open_ended = open_ended
         self._on_frames = on_frames
         self._fed: list[StreamState] = []  # streams added by add_stream, fed from outside
@@ -579,6 +590,13 @@ class Pipeline:
         self._delivery_failed = threading.Event()
         self.errors: list[tuple[str, BaseException]] = []  # (where, error), in order
 
+    def _next_phase(self) -> float:
+        """The next stream's window phase, a fraction of the hop: 0 without ``stagger``,
+        else the golden-ratio sequence (0, 0.618, 0.236, 0.854, ...), which spreads any
+        number of streams, added in any order, evenly over the hop."""
+        index, self._streams_made = self._streams_made, self._streams_made + 1
+        return (index * GOLDEN_RATIO_FRACTION) % 1.0 if self.stagger else 0.0
+
     @property
     def error(self) -> BaseException | None:
         """The first error of any thread, or None."""
@@ -609,7 +627,7 @@ class Pipeline:
                 for state in current
             ):
                 raise SoundwatchError(f"stream id {source.id!r} is already running")
-            state = StreamState(source, self.series, self._on_frames)
+            state = StreamState(source, self.series, self._on_frames, phase=self._next_phase())
             if not state.block_when_full:
                 self.queue.set_limit(state, self._live_bound)
                 if self._max_window_age is not None:  # past capacity: latency stays bounded

@@ -252,6 +252,7 @@ def run_live(
             max_window_age=config.pipeline.max_pending_seconds,  # latency budget past capacity
             gate=gate_settings(config),
             max_batch=config.pipeline.max_batch,
+            stagger=config.pipeline.stagger,
             events_window=events_window(config.events),
             on_frames=mel_tap.on_frames if config.publish.mel != "off" else None,
             on_audio=recorder.on_audio if recorder is not None else audio and audio.on_audio,

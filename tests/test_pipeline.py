@@ -135,6 +135,29 @@ def test_streams_share_batches_each_with_contiguous_seq(tagger: Tagger, shared) 
     assert pipeline.batches.windows == len(collector.results)
 
 
+def test_stagger_spreads_the_streams_windows_over_the_hop(tagger: Tagger, shared) -> None:
+    """With ``stagger``, each stream's windows after its first fall due at its own phase of
+    the hop (golden-ratio sequence: 0, 0.618, 0.236 of 50 frames); each file is still
+    tagged to its end."""
+    names = ["typing", "music", "speech"]
+    paths = [shared(f"audio/clips/{name}.wav") for name in names]
+    sources = [open_source(p.stem, f"file:{p}", pace="fast") for p in paths]
+    collector = Collector()
+    pipeline = Pipeline(
+        sources, tagger.worker.infer, [collector], window_s=2.0, hop_s=0.5, stagger=True
+    )
+    pipeline.run()
+    starts: dict[str, list[int]] = {}
+    for result in collector.results:
+        if not result.final:
+            starts.setdefault(result.stream, []).append(result.start_frame)
+    for name, phase in zip(names, (0, 30, 11), strict=True):
+        assert starts[name][0] == 0
+        assert starts[name][1:] == list(range(phase + 50, 50 * len(starts[name]), 50)), name
+        # 10 s clips: 1000 frames, the last ones in a final window where the phase left a tail
+        assert max(r.stop_frame for r in collector.results if r.stream == name) == 1000
+
+
 def run_cli_process(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "soundwatch.cli", *args],

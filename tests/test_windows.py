@@ -21,14 +21,16 @@ def frames_with_ids(n: int, n_mels: int = 4) -> np.ndarray:
     total=st.integers(0, 400),
     window=st.integers(1, 60),
     hop_fraction=st.floats(0.01, 1.0),
+    phase_fraction=st.sampled_from([0.0, 0.0, 0.3, 0.618, 0.99]),
     pushes=st.lists(st.integers(1, 90), min_size=1, max_size=50),
 )
 def test_windows_are_exact_slices_for_any_pushes(
-    total: int, window: int, hop_fraction: float, pushes: list[int]
+    total: int, window: int, hop_fraction: float, phase_fraction: float, pushes: list[int]
 ) -> None:
     hop = max(1, int(window * hop_fraction))
+    phase = min(int(phase_fraction * hop), hop - 1)
     frames = frames_with_ids(total)
-    windower = MelWindower(window, hop, n_mels=4)
+    windower = MelWindower(window, hop, n_mels=4, phase_frames=phase)
     got = []
     done = 0
     sizes = iter(pushes * (total // max(1, sum(pushes)) + 2))
@@ -39,7 +41,9 @@ def test_windows_are_exact_slices_for_any_pushes(
     got += windower.flush()
 
     regular = [w for w in got if not w.final]
-    assert [w.start for w in regular] == list(range(0, max(0, total - window + 1), hop))
+    # The first window at frame 0, every later one ``phase`` frames after the unphased grid.
+    expected = [0, *range(phase + hop, total - window + 1, hop)]
+    assert [w.start for w in regular] == (expected if total >= window else [])
     for w in got:
         np.testing.assert_array_equal(w.mel, frames[:, w.start : w.stop])
         assert w.stop - w.start == min(window, total)
@@ -51,6 +55,11 @@ def test_windows_are_exact_slices_for_any_pushes(
     else:
         assert len(finals) == 1 and finals[0].stop == total
     assert got == [] or got[-1].stop == total
+
+
+def test_phase_outside_the_hop_is_refused() -> None:
+    with pytest.raises(SoundwatchError, match="phase must be 0 to hop - 1 frames"):
+        MelWindower(300, 50, phase_frames=50)
 
 
 def test_reset_starts_a_new_stream() -> None:

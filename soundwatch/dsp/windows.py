@@ -7,6 +7,9 @@ live pipeline and offline tagging, so both see exactly the same windows.
 
 Window placement, in frames of 10 ms (frame ``i`` is centred on sample ``i * 320``):
 windows start at frames ``0, hop, 2*hop, ...`` and are due once their last frame exists.
+A ``phase`` (``0 <= phase < hop``) delays every window after the first by ``phase``
+frames (``0, phase + hop, phase + 2*hop, ...``): streams started together then fall due
+at different moments of the hop instead of all at once (the pipeline's ``stagger``).
 When the stream ends, a stream shorter than one window gets one window of all its frames,
 and a tail not covered by the last regular window gets one final window ending at the last
 frame, so the end of a file is always tagged.
@@ -46,9 +49,13 @@ class MelWindower:
     frame counter keeps counting so windows carry absolute frame indices.
     """
 
-    def __init__(self, window_frames: int, hop_frames: int, n_mels: int = 128) -> None:
+    def __init__(
+        self, window_frames: int, hop_frames: int, n_mels: int = 128, phase_frames: int = 0
+    ) -> None:
         if window_frames < 1 or hop_frames < 1:
             raise SoundwatchError("window and hop must each be at least one 10 ms frame")
+        if not 0 <= phase_frames < hop_frames:
+            raise SoundwatchError(f"phase must be 0 to hop - 1 frames, got {phase_frames}")
         try:
             check_hop_within_window(window_frames, hop_frames, unit="frames")
         except ValueError as error:
@@ -56,6 +63,7 @@ class MelWindower:
         self.window_frames = window_frames
         self.hop_frames = hop_frames
         self.n_mels = n_mels
+        self.phase_frames = phase_frames
         self._capacity = window_frames + hop_frames
         self._ring = np.zeros((n_mels, self._capacity), dtype=np.float32)
         self.reset()
@@ -64,6 +72,7 @@ class MelWindower:
         """Forget all frames: the next frame pushed is frame 0 of a new stream."""
         self.frames_seen = 0
         self._next_start = 0
+        self._phase_due = self.phase_frames  # added once, after the first window
         self._last_stop = 0
 
     def push(self, frames: np.ndarray) -> list[MelWindow]:
@@ -84,7 +93,8 @@ class MelWindower:
             while self.frames_seen >= self._next_start + self.window_frames:
                 start = self._next_start
                 windows.append(self._window(start, start + self.window_frames))
-                self._next_start += self.hop_frames
+                self._next_start += self.hop_frames + self._phase_due
+                self._phase_due = 0
         return windows
 
     def flush(self) -> list[MelWindow]:
