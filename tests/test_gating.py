@@ -250,4 +250,5 @@ def test_the_run_gates_by_default_with_the_documented_thresholds() -> None:
     from soundwatch.runner import gate_settings
 
     assert gate_settings(Config()) == GateSettings(level_db=2.0, spectrum_db=1.0, max_carry_s=10)
+    assert gate_settings(Config()) == GateSettings()  # the config's defaults are the gate's
     assert gate_settings(apply_overrides(Config(), {"pipeline.gate": {"enabled": False}})) is None
