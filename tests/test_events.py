@@ -572,6 +572,33 @@ def test_handler_keeps_one_detector_per_stream():
     assert published[0].offset is None and published[2].offset == 1.5
 
 
+def test_a_reload_turns_the_lead_in_on_from_the_next_window():
+    # Windows of 0.5 s every 0.5 s, each step covered by one window: a sound scoring 0.3
+    # (soft) for 1 s, then 0.9 (loud) for 1 s, twice. threshold_on 0.5: the lead level is
+    # 0.25, so with the lead-in the onset is the soft start, without it the loud one.
+    def settings(lead_in: float | None) -> DetectorSettings:
+        config = EventsConfig(
+            window=0.5, hop=0.5, agreement=1.0, trim=0.0, min_duration=0.0, max_gap=0.0,
+            threshold_on=0.5, lead_in=lead_in,
+        )  # fmt: skip
+        return DetectorSettings.from_config(config, [Group("beep", (0,))])
+
+    pattern = [0.0, 0.3, 0.3, 0.9, 0.9, 0.0, 0.0]
+    probs = [np.array([p], dtype=np.float32) for p in pattern * 2]
+    placement = [(50 * k, 50 * k + 50, False) for k in range(len(probs))]
+    results = results_for("a", placement, probs, 0.0)
+    published = []
+    handler = EventsHandler(settings(None), published.append)
+    for r in results[: len(pattern)]:
+        handler.on_result(r)
+    handler.replace_settings(settings(0.5))
+    for r in results[len(pattern) :]:
+        handler.on_result(r)
+    handler.on_stream_end("a")
+    starts = [m.onset for m in published if m.state == "start"]
+    assert starts == [1.5, 4.0]  # the loud start (1.5 s); after the reload, the soft one
+
+
 def test_damage_counters_are_current_while_the_stream_runs():
     # Windows of 1 s every 0.5 s; the two starting at 1.0 s and 1.5 s were dropped, so the
     # steps 1.5-2.0 s are covered by no window. Status reads the counters during the run.
