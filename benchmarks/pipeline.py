@@ -8,6 +8,10 @@ Prints one JSON object (``--json``) or a short summary:
 
 - ``latency_p50_ms`` / ``latency_p99_ms``: capture-to-arrival, from the capture time of a
   window's last sample (its ``t_end``) to the subscriber receiving its ``tags`` message;
+  ``latency_steady_p99_ms`` leaves out each stream's first window and the windows of audio
+  captured after the run's end (the stop's final windows): every stream's first window
+  falls due at the same moment, and so do the final ones, two bursts of N windows that a
+  short run's p99 can be made of;
 - ``dropped_windows``: tag and event windows dropped by backpressure (status counters);
   ``lost_messages``: ``seq`` gaps the subscriber saw (ZeroMQ high-water mark);
 - ``cpu_cores_used``: process CPU seconds per wall second during the run, and per thread
@@ -98,6 +102,7 @@ def subscribe(endpoint: str, streams: int, idle_s: float) -> None:
     from soundwatch.client import Subscriber
 
     latencies: list[float] = []
+    steady: list[tuple[float, float]] = []  # (latency, t_end) of windows after each first
     carried = 0
     events = 0
     ended: set[str] = set()
@@ -111,6 +116,8 @@ def subscribe(endpoint: str, streams: int, idle_s: float) -> None:
             now = time.time()
             if message.kind == "tags":
                 latencies.append(now - message.t_end)
+                if message.seq > 0:
+                    steady.append((now - message.t_end, message.t_end))
                 carried += bool(getattr(message, "carried", False))
             elif message.kind == "events":
                 events += 1
@@ -118,6 +125,7 @@ def subscribe(endpoint: str, streams: int, idle_s: float) -> None:
                 ended.add(message.stream)
         result = {
             "latencies": latencies,
+            "steady": steady,
             "lost_messages": sub.gaps,
             "events": events,
             "carried": carried,
@@ -279,6 +287,7 @@ def run_once(args: argparse.Namespace) -> dict:
             # names now: threads that end with the run (model.parallel's) are gone after it
             marks["names"] = {t.native_id: t.name for t in threading.enumerate()}
             marks["t1"] = time.monotonic()
+            marks["wall1"] = time.time()
             marks["cpu1"] = resource.getrusage(resource.RUSAGE_SELF)
             marks["rss1"] = rss_mb()
             pipeline.stop()
@@ -308,6 +317,7 @@ def run_once(args: argparse.Namespace) -> dict:
     dropped = sum(c["windows_dropped"] + c["event_windows_dropped"] for c in counters)
     tagged = sum(c["windows_tagged"] for c in counters)
     latencies = np.asarray(received["latencies"]) * 1000
+    steady = np.asarray([lat for lat, t_end in received["steady"] if t_end <= marks["wall1"]])
     samples = marks["rss_samples"] + [(round(wall, 1), marks["rss1"])]
     after_warmup = [mb for t, mb in samples if t >= args.warmup]
     growth = after_warmup[-1] - after_warmup[0] if len(after_warmup) > 1 else None
@@ -326,6 +336,9 @@ def run_once(args: argparse.Namespace) -> dict:
         "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if len(latencies) else None,
         "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if len(latencies) else None,
         "latency_max_ms": round(float(latencies.max()), 1) if len(latencies) else None,
+        "latency_steady_p99_ms": (
+            round(float(np.percentile(steady, 99) * 1000), 1) if len(steady) else None
+        ),
         "tags_received": len(latencies),
         "dropped_windows": dropped,
         "dropped_per_stream_min_max": [
