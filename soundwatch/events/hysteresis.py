@@ -140,7 +140,8 @@ class HysteresisTracker:
 
         All groups at once (array operations); only the groups whose event starts or ends
         at this step are visited one by one, in group order. With no event open (a quiet
-        room, most steps) a step that activates no group changes nothing: two comparisons."""
+        room, most steps) a step that activates no group changes nothing but the lead-in's
+        run: three comparisons."""
         t = self.t
         if self._fresh:
             self._lead_from[:] = k
@@ -150,7 +151,7 @@ class HysteresisTracker:
         else:  # nothing open: nothing active, every group compares with its on threshold
             active = scores >= t.on
             if not active.any():
-                self._follow_lead(k, k, scores)
+                self._follow_lead(k, scores)
                 return []
         self._active = active
         was_open = self._start >= 0
@@ -159,7 +160,7 @@ class HysteresisTracker:
             self._start[opened] = k
             self._onset[opened] = np.maximum(self._lead_from[opened], k - t.max_lead_steps)
             self._peak[opened] = scores[opened]
-        self._follow_lead(k, k, scores)
+        self._follow_lead(k, scores)
         self._end[active] = k + 1
         self._peak[active] = np.maximum(self._peak[active], scores[active])
         confirm = active & ~self._confirmed & (k + 1 - self._start >= t.min_steps)
@@ -194,7 +195,7 @@ class HysteresisTracker:
             for j in range(k + 1, last + 1):  # thresholds with off above on: step by step
                 updates.extend(self.push(j, scores))
             return updates
-        self._follow_lead(k + 1, last, scores)
+        self._follow_lead(last, scores)
         if not self._open:
             return updates  # a quiet run: nothing open, nothing opens
         # Confirmed at the first step j with j + 1 - start >= min_steps; closed at the first
@@ -217,8 +218,8 @@ class HysteresisTracker:
         self._end[active] = last + 1
         return updates
 
-    def _follow_lead(self, first: int, last: int, scores: np.ndarray) -> None:
-        """Steps ``first .. last`` scored ``scores``: a group below its lead level starts
+    def _follow_lead(self, last: int, scores: np.ndarray) -> None:
+        """The steps up to ``last`` scored ``scores``: a group below its lead level starts
         its next lead-in run after ``last``."""
         if self.t.max_lead_steps:
             below = scores < self._lead
