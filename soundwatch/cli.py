@@ -202,6 +202,11 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--window", type=float, metavar="SECONDS"),
     click.option("--hop", type=float, metavar="SECONDS"),
     click.option(
+        "--stagger/--no-stagger",
+        default=None,
+        help="streams' windows fall due at different moments of the hop (pipeline.stagger)",
+    ),
+    click.option(
         "--engine",
         type=click.Choice(["local", "ray"]),
         help="where forward passes run: this process, or a Ray Serve deployment (docs/scale.md)",
@@ -277,6 +282,7 @@ def run_config(options: dict[str, Any]) -> Any:
             "publish.jsonl": jsonl,
             "publish.wait_for_subscribers": wait_for,
             "pipeline.pace": pace,
+            "pipeline.stagger": options["stagger"],
             "dashboard.enabled": True if dashboard_at else None,
             "dashboard.host": dashboard_host,
             "dashboard.port": dashboard_port,

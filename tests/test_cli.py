@@ -80,6 +80,14 @@ def test_file_names_become_valid_stream_ids_and_bad_ids_are_explained() -> None:
         parse_source_arg("a.b=synthetic")
 
 
+@pytest.mark.parametrize(("flags", "stagger"), [([], True), (["--no-stagger"], False)])
+def test_run_stagger_flag(flags: list[str], stagger: bool) -> None:
+    from soundwatch.cli import run, run_config
+
+    context = run.make_context("run", ["--source", "synthetic", *flags])
+    assert run_config(context.params).pipeline.stagger is stagger
+
+
 def test_run_accepts_auto_source_from_the_command_line() -> None:
     from soundwatch.runner import sources_from_args
 

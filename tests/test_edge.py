@@ -218,9 +218,10 @@ def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[
 
     speech = shared_file("audio/clips/speech.wav")
     bell = shared_file("audio/clips/audioset_R9_ZSCveAHg_speech_bell.wav")
+    # --no-stagger on both sides: serve phases its streams in the order the edges connect
     reference = subprocess.run(
         [sys.executable, "-m", "soundwatch.cli", "run", "--source", f"speech=file:{speech}",
-         "--source", f"bell=file:{bell}", "--pace", "fast", "--jsonl", "-",
+         "--source", f"bell=file:{bell}", "--pace", "fast", "--jsonl", "-", "--no-stagger",
          "--publish", f"ipc://{tmp_path / 'ref'}", *model_args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=DEADLINE_S,
     )  # fmt: skip
@@ -232,7 +233,7 @@ def test_two_edges_through_serve_match_one_run(tmp_path: Path, model_args: list[
     server = _soundwatch(
         "serve", "--listen", f"tcp://127.0.0.1:{port}", "--publish", publish,
         "--wait-for-subscribers", "1", "--curve-secret", str(server_secret),
-        "--curve-allow", str(allowed), *model_args, log=serve_log,
+        "--curve-allow", str(allowed), "--no-stagger", *model_args, log=serve_log,
     )  # fmt: skip
     edges: list[subprocess.Popen] = []
     refused: list[subprocess.Popen] = []

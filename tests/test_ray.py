@@ -315,7 +315,9 @@ def test_two_edges_through_serve_on_ray_match_one_local_run(
     from test_edge import FLOAT16_TOLERANCE
 
     clips = {"speech": shared_file(CLIPS[0]), "music": shared_file(CLIPS[1])}
-    reference = run(tmp_path / "ref.jsonl", [f"{name}=file:{path}" for name, path in clips.items()])
+    # --no-stagger on both sides: serve phases its streams in the order the edges connect
+    specs = [f"{name}=file:{path}" for name, path in clips.items()]
+    reference = run(tmp_path / "ref.jsonl", specs, "--no-stagger")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -324,7 +326,7 @@ def test_two_edges_through_serve_on_ray_match_one_local_run(
         *(sys.executable, "-m", "soundwatch.cli", "serve", "--listen", f"tcp://127.0.0.1:{port}"),
         *("--weights", str(shared_file(WEIGHTS)), "--jsonl", str(out)),
         *("--publish", f"ipc://{tmp_path / 'serve.sock'}", "--engine", "ray"),
-        *("--ray-address", ray_cluster, "--replicas", "2"),
+        *("--ray-address", ray_cluster, "--replicas", "2", "--no-stagger"),
     ]
     with serve_log.open("w") as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, stderr=log)
