@@ -71,10 +71,12 @@ SHUTDOWN_TIMEOUT_S = 10.0
 READ_INTERVAL_S = 0.05
 #: Rate limit of the "falling behind" warning, per stream.
 DROP_WARNING_INTERVAL_S = 5.0
+#: With ``stagger``, stream ``i``'s window phase is ``i x this`` (mod 1) of the hop: the
+#: golden-ratio sequence, which spreads any number of streams evenly over the hop.
+GOLDEN_RATIO_FRACTION = (5**0.5 - 1) / 2
 #: This many failed forward passes within :data:`INFERENCE_FAILURE_PERIOD_S` end the run:
 #: one failure (a transient CUDA error, a bad batch) costs one batch; a broken model or
 #: device fails every pass and must not leave a process that publishes nothing.
-GOLDEN_RATIO_FRACTION = (5**0.5 - 1) / 2  # stagger: successive phases spread evenly
 MAX_INFERENCE_FAILURES = 5
 INFERENCE_FAILURE_PERIOD_S = 60.0
 #: A forward pass running longer than this is reported as stalled (logged, counted).

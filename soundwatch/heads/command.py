@@ -199,27 +199,30 @@ def _embed(paths, as_json: bool, npy_out: Path | None, backbone) -> None:
     worker = tagger.worker
     infer = ParallelInfer(worker.infer, forward_chunks(config, tagger))  # as run and tag
     arrays: dict[str, np.ndarray] = {}
-    for i, path in enumerate(paths):
-        outputs = wave_outputs(
-            read_wave(path),
-            infer,
-            worker.num_classes,
-            worker.embedding_dim,
-            config.windows.window,
-            config.windows.hop,
-        )
-        if npy_out is not None:
-            arrays[f"times_{i}"] = outputs.times
-            arrays[f"embeddings_{i}"] = outputs.embeddings
-            continue
-        for (t_start, t_end), vector in zip(outputs.times, outputs.embeddings, strict=True):
-            record = {
-                "file": path,
-                "t_start": round(float(t_start), 3),
-                "t_end": round(float(t_end), 3),
-                "embedding": [round(float(v), 5) for v in vector],
-            }
-            click.echo(json.dumps(record))
+    try:
+        for i, path in enumerate(paths):
+            outputs = wave_outputs(
+                read_wave(path),
+                infer,
+                worker.num_classes,
+                worker.embedding_dim,
+                config.windows.window,
+                config.windows.hop,
+            )
+            if npy_out is not None:
+                arrays[f"times_{i}"] = outputs.times
+                arrays[f"embeddings_{i}"] = outputs.embeddings
+                continue
+            for (t_start, t_end), vector in zip(outputs.times, outputs.embeddings, strict=True):
+                record = {
+                    "file": path,
+                    "t_start": round(float(t_start), 3),
+                    "t_end": round(float(t_end), 3),
+                    "embedding": [round(float(v), 5) for v in vector],
+                }
+                click.echo(json.dumps(record))
+    finally:
+        infer.close()  # as learn does: no worker thread left behind
     if npy_out is not None:
         meta = {
             "files": list(paths),
